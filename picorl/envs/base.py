@@ -41,4 +41,6 @@ class Env(ABC):
     def demonstration(self, seed: int) -> list[Message]:
         """A worked example for the task of ``seed``: its opening messages plus an ideal assistant
         reply. Used by the SFT warm-up; environments without demonstrations leave it unimplemented."""
-        raise NotImplementedError(f"{type(self).__name__} has no demonstrations, so SFT warm-up cannot run on it")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no demonstrations, so SFT warm-up cannot run on it"
+        )

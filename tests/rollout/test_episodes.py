@@ -1,0 +1,95 @@
+from functools import partial
+
+import pytest
+
+from picorl.envs import Env, StepResult, make_env
+from picorl.models import load_model_and_tokenizer
+from picorl.rollout.episodes import render_prompt, run_episodes
+from picorl.rollout.hf_engine import HFEngine
+from picorl.rollout.types import Completion, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_model_and_tokenizer("tiny-llama")[1]
+
+
+class ScriptedEngine:
+    """Returns fixed replies and records every prompt it was asked to continue."""
+
+    def __init__(self, tokenizer, replies):
+        self.tokenizer, self.replies, self.calls = tokenizer, list(replies), []
+
+    def generate(self, prompts, params, n=1):
+        self.calls.append((prompts, n))
+        out = []
+        for _ in prompts:
+            group = []
+            for _ in range(n):
+                text = self.replies.pop(0)
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [
+                    self.tokenizer.eos_token_id
+                ]
+                group.append(Completion(ids, [-1.0] * len(ids), "stop", text))
+            out.append(group)
+        return out
+
+
+def test_a_group_is_k_samples_of_one_prompt(tokenizer):
+    engine = ScriptedEngine(tokenizer, ["<answer>1</answer>"] * 12)
+    make = partial(make_env, "letter_counting", difficulty=[1, 2, 3])
+    episodes = run_episodes(make, [11, 22, 33], engine, tokenizer, SamplingParams(max_tokens=8), k=4)
+    ((prompts, n),) = engine.calls
+    assert n == 4 and len(prompts) == 3 and len(episodes) == 12
+    for g in range(3):
+        group = episodes[4 * g : 4 * g + 4]
+        assert {e.group for e in group} == {g}
+        assert all(e.prompt_ids == prompts[g] for e in group)
+        assert len({tuple(e.messages[1]["content"]) for e in group}) == 1
+    assert prompts[0] != prompts[1] != prompts[2]
+
+
+class TwoTurnEnv(Env):
+    max_turns = 3
+
+    def reset(self, seed):
+        self.turn = 0
+        return [{"role": "user", "content": f"say hi ({seed})"}]
+
+    def step(self, text):
+        self.turn += 1
+        if self.turn == 1:
+            return StepResult({"role": "user", "content": "again"}, 0.25, False, {})
+        return StepResult(None, 1.0, True, {"correct": True})
+
+
+def test_multi_turn_keeps_sampled_ids_and_masks_env_tokens(tokenizer):
+    engine = ScriptedEngine(tokenizer, ["hi", "hello"])
+    (episode,) = run_episodes(TwoTurnEnv, [5], engine, tokenizer, SamplingParams(max_tokens=8), k=1)
+    first = tokenizer("hi", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    second = tokenizer("hello", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids, mask = episode.completion_ids, episode.action_mask
+    assert ids[: len(first)] == first and ids[-len(second) :] == second
+    assert mask[: len(first)] == [True] * len(first) and mask[-len(second) :] == [True] * len(second)
+    middle = mask[len(first) : -len(second)]
+    assert middle and not any(middle), "template and user tokens between turns are not actions"
+    assert episode.reward == 1.25 and episode.num_turns == 2 and episode.info == {"correct": True}
+    # the second prompt the engine saw is exactly prompt + first completion + the env's turn
+    second_prompt = engine.calls[1][0][0]
+    assert second_prompt == episode.prompt_ids + ids[: -len(second)]
+    full = render_prompt(tokenizer, episode.messages[:-1])
+    assert tokenizer.decode(second_prompt) == tokenizer.decode(full)
+
+
+def test_hf_engine_logprobs_match_a_forward_pass(tokenizer):
+    import torch
+
+    model, tok = load_model_and_tokenizer("tiny-llama")
+    engine = HFEngine(model, tok)
+    prompt = render_prompt(tok, [{"role": "user", "content": "count"}])
+    (group,) = engine.generate([prompt], SamplingParams(max_tokens=6, temperature=0.8, seed=3), n=2)
+    for c in group:
+        ids = torch.tensor([prompt + c.token_ids])
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float() / 0.8
+        want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=1e-4, rtol=1e-4)
