@@ -1,0 +1,105 @@
+"""The ``picorl`` command: ``picorl train`` and ``picorl eval``.
+
+Every config field is a flag (see :mod:`picorl.config`); ``--config FILE`` loads a TOML file first
+and flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+import warnings
+from typing import Any
+
+from picorl.config import SECTIONS, build_config, field_index, load_toml
+
+
+def _value_parser(annotation: Any):
+    """argparse type and nargs for a field's annotation (``int | None``, ``list[int]``, ``bool``...)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = (
+        args[0]
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        else annotation
+    )
+    if typing.get_origin(base) is list:
+        return {"type": typing.get_args(base)[0], "nargs": "+"}
+    if base is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": base}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = {}
+    for cls in SECTIONS.values():
+        hints.update(typing.get_type_hints(cls))
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"[{section}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            shown = "auto" if default is None else default
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                help=f"{f.metadata.get('help', '')} (default: {shown})",
+                **_value_parser(hints[f.name]),
+            )
+
+
+def config_from_args(args: argparse.Namespace):
+    overrides = load_toml(args.config) if args.config else {}
+    index = field_index()
+    for name, value in vars(args).items():
+        if name in index:
+            overrides.setdefault(index[name][0], {})[name] = value
+    return build_config(overrides)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="picorl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help in (
+        ("train", "RL training (GRPO and relatives) with optional SFT warm-up; writes runs/NAME/."),
+        ("eval", "Greedy evaluation of a base model or a saved adapter on the fixed eval sets."),
+    ):
+        p = sub.add_parser(
+            name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        p.add_argument("--config", help="TOML file with [section] tables of the options below")
+        if name == "eval":
+            p.add_argument(
+                "--adapter", help="a saved adapter folder (runs/NAME/adapter) to evaluate on its base model"
+            )
+        add_config_flags(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    # Library deprecation chatter (PEFT calling transformers' renamed helpers) is not for users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        config = config_from_args(args)
+        if args.command == "train":
+            from picorl.train.trainer import train
+
+            train(config)
+        else:
+            from picorl.eval.run import run_eval
+
+            run_eval(config, adapter=args.adapter)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"picorl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("picorl: interrupted (the last checkpoint is intact; resume with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Run configuration: one dataclass per concern, validated on construction.
+
+Every field is documented where it is defined (its ``help``), and every field is also a command-line
+flag: ``--`` plus the field name with dashes (``train_difficulty`` -> ``--train-difficulty``), the seed's
+names where it had one. A TOML file (``--config FILE``) holds the same fields in sections named after
+the dataclasses (``[model]``, ``[env]``, ``[rollout]``, ``[algo]``, ``[train]``, ``[sft]``, ``[eval]``,
+``[run]``); flags override the file. Fields whose default is ``None`` are sized for the device the run
+lands on (see :func:`resolve_auto`); the saved ``config.toml`` holds the resolved values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from picorl.algos.config import AlgoConfig
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its documentation attached (shown by ``--help`` and the README)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class ModelConfig:
+    model: str = opt(
+        "smollm2-135m",
+        "Built-in name (smollm2-135m, qwen2.5-coder-0.5b, tiny-qwen3, tiny-llama), a Hugging Face id, "
+        "a local directory or a .gguf file.",
+    )
+    dtype: str = opt("auto", "Weights dtype: auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")
+    full_finetune: bool = opt(False, "Train every weight instead of a LoRA adapter.")
+    lora_rank: int = opt(32, "LoRA rank r (Hu et al. 2021).")
+    lora_alpha: int = opt(64, "LoRA alpha; the update is scaled by alpha / r.")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA input.")
+    lora_target_modules: str = opt(
+        "all-linear",
+        "Comma-separated module names to adapt, or all-linear (every linear layer but the head).",
+    )
+    gradient_checkpointing: bool | None = opt(
+        None, "Recompute activations in backward to save memory (auto: on for GPU, off for CPU)."
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            self.dtype in ("auto", "bf16", "fp16", "fp32"),
+            f"dtype must be auto|bf16|fp16|fp32, got {self.dtype!r}",
+        )
+        _check(self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}")
+        _check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        _check(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class EnvConfig:
+    env: str = opt("letter_counting", "Environment name.")
+    train_difficulty: list[int] = opt([1], "Tier(s) 1-10 of the training tasks (several: mixed).")
+    reward_mode: str = opt(
+        "partial",
+        "partial: 0.1 + 0.9 * fraction of letters exactly right (the seed's final rule); binary: 1/0.",
+    )
+    max_turns: int = opt(1, "Cap on assistant turns per episode.")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_difficulty, int):
+            self.train_difficulty = [self.train_difficulty]
+        _check(
+            all(1 <= t <= 10 for t in self.train_difficulty) and self.train_difficulty,
+            f"train_difficulty must be tiers in 1..10, got {self.train_difficulty}",
+        )
+        _check(
+            self.reward_mode in ("partial", "binary"),
+            f"reward_mode must be partial|binary, got {self.reward_mode!r}",
+        )
+        _check(self.max_turns >= 1, f"max_turns must be >= 1, got {self.max_turns}")
+
+
+@dataclass
+class RolloutConfig:
+    k: int = opt(8, "Samples per prompt: one GRPO group is k samples of ONE prompt (num_generations in TRL).")
+    num_tasks: int | None = opt(None, "Prompts (groups) per update (auto: 8 on GPU, 4 on CPU).")
+    max_tokens: int | None = opt(None, "Max new tokens per completion (auto: 512 on GPU, 96 on CPU).")
+    temperature: float = opt(1.0, "Sampling temperature for training rollouts.")
+    top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off).")
+    top_k: int = opt(0, "Top-k sampling (0 = off).")
+    engine: str = opt("picorl", "Rollout engine: picorl (built-in paged engine) or hf (simple reference).")
+    kv_cache_gib: float | None = opt(
+        None, "KV-cache size in GiB (default: kv_cache_fraction of free memory)."
+    )
+    kv_cache_fraction: float = opt(
+        0.5, "Fraction of the GPU memory left free after the first training step that the KV cache may take."
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 1, f"k must be >= 1, got {self.k}")
+        _check(self.num_tasks is None or self.num_tasks >= 1, f"num_tasks must be >= 1, got {self.num_tasks}")
+        _check(
+            self.max_tokens is None or self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"
+        )
+        _check(self.temperature > 0, f"temperature must be > 0 for training rollouts, got {self.temperature}")
+        _check(self.engine in ("picorl", "hf"), f"engine must be picorl|hf, got {self.engine!r}")
+        _check(
+            0 < self.kv_cache_fraction <= 1,
+            f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}",
+        )
+
+
+@dataclass
+class TrainConfig:
+    num_updates: int | None = opt(None, "Policy updates (auto: 100 on GPU, 12 on CPU).")
+    lr: float = opt(2e-5, "AdamW learning rate (after warm-up it stays constant).")
+    warmup_steps: int = opt(2, "Linear learning-rate warm-up, in optimizer steps.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "Clip the gradient's global norm to this (0 = no clipping).")
+    micro_batch_size: int | None = opt(None, "Sequences per forward/backward (auto: 16 on GPU, 8 on CPU).")
+    seed: int = opt(0, "Seed for tasks, sampling and initialisation: the same seed gives the same CPU run.")
+    device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu.")
+
+    def __post_init__(self) -> None:
+        _check(
+            self.num_updates is None or self.num_updates >= 0,
+            f"num_updates must be >= 0, got {self.num_updates}",
+        )
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        _check(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            f"micro_batch_size must be >= 1, got {self.micro_batch_size}",
+        )
+
+
+@dataclass
+class SFTConfig:
+    sft_steps: int | None = opt(
+        None,
+        "Supervised warm-up steps on synthetic spelled-out chats before RL (auto: 50 on GPU, 12 on CPU; 0 = off).",
+    )
+    sft_num_examples: int = opt(100, "Distinct synthetic chats the warm-up cycles through.")
+    sft_batch_size: int = opt(8, "Chats per SFT step.")
+    sft_lr: float = opt(2e-4, "SFT learning rate.")
+
+    def __post_init__(self) -> None:
+        _check(self.sft_steps is None or self.sft_steps >= 0, f"sft_steps must be >= 0, got {self.sft_steps}")
+        _check(self.sft_num_examples >= 1, f"sft_num_examples must be >= 1, got {self.sft_num_examples}")
+        _check(self.sft_batch_size >= 1, f"sft_batch_size must be >= 1, got {self.sft_batch_size}")
+        _check(self.sft_lr > 0, f"sft_lr must be > 0, got {self.sft_lr}")
+
+
+@dataclass
+class EvalConfig:
+    eval_every: int | None = opt(
+        None, "Evaluate every N updates (also before training and at the end; 0 = only those)."
+    )
+    eval_num_tasks: int | None = opt(None, "Fixed, seeded eval tasks per tier (auto: 200 on GPU, 24 on CPU).")
+    eval_tiers: list[int] | None = opt(
+        None, "Tiers to evaluate (auto: the training tiers and their neighbours)."
+    )
+    eval_max_tokens: int | None = opt(None, "Max new tokens in eval (default: max_tokens).")
+    eval_seed: int = opt(1234, "Seed of the eval sets; independent of the training seed so runs compare.")
+
+    def __post_init__(self) -> None:
+        _check(
+            self.eval_every is None or self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"
+        )
+        _check(
+            self.eval_num_tasks is None or self.eval_num_tasks >= 1,
+            f"eval_num_tasks must be >= 1, got {self.eval_num_tasks}",
+        )
+        _check(
+            self.eval_tiers is None or all(1 <= t <= 10 for t in self.eval_tiers),
+            f"eval_tiers must be tiers in 1..10, got {self.eval_tiers}",
+        )
+
+
+@dataclass
+class RunConfig:
+    name: str | None = opt(None, "Run name: the run lives in runs/NAME/ (default: a timestamp).")
+    runs_dir: str = opt("runs", "Parent folder of run directories.")
+    save_every: int = opt(
+        25, "Save the adapter and a resumable checkpoint every N updates (0 = only at the end)."
+    )
+    samples_every: int = opt(1, "Write every rollout of every N-th update to samples.jsonl (0 = never).")
+    plot_every: int = opt(1, "Refresh training_curves.png every N updates.")
+    resume: bool = opt(False, "Resume runs/NAME/ from its last checkpoint.")
+    wandb: bool = opt(False, "Also log to Weights & Biases (offline works: set WANDB_MODE=offline).")
+    wandb_project: str = opt("picorl", "Weights & Biases project.")
+
+    def __post_init__(self) -> None:
+        _check(
+            self.name is None or ("/" not in self.name and self.name not in ("", ".", "..")),
+            f"name must be a plain folder name, got {self.name!r}",
+        )
+        for key in ("save_every", "samples_every", "plot_every"):
+            _check(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "env": EnvConfig, "rollout": RolloutConfig, "algo": AlgoConfig,
+    "train": TrainConfig, "sft": SFTConfig, "eval": EvalConfig, "run": RunConfig,
+}  # fmt: skip
+
+
+def field_index() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Every field name -> (section, field). Field names are unique across sections (they are flags)."""
+    index: dict[str, tuple[str, dataclasses.Field]] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            assert f.name not in index, f"duplicate config field {f.name}"
+            index[f.name] = (section, f)
+    return index
+
+
+def build_config(overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Make a validated Config from ``{section: {field: value}}``; unknown keys are clear errors."""
+    overrides = overrides or {}
+    parts = {}
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section [{section}]; sections are: {', '.join(SECTIONS)}")
+        known = {f.name for f in fields(SECTIONS[section])}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            hint = _suggest(unknown[0])
+            raise ValueError(
+                f"unknown key {unknown[0]!r} in [{section}]{hint}; keys there: {', '.join(sorted(known))}"
+            )
+    for section, cls in SECTIONS.items():
+        try:
+            parts[section] = cls(**overrides.get(section, {}))
+        except TypeError as e:  # wrong value types surface here
+            raise ValueError(f"bad value in [{section}]: {e}") from None
+    return Config(**parts)
+
+
+def _suggest(key: str) -> str:
+    index = field_index()
+    if key in index:
+        return f" (it belongs in [{index[key][0]}])"
+    import difflib
+
+    close = difflib.get_close_matches(key, list(index), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a config TOML into ``{section: {field: value}}`` (a top-level key is placed in its section)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+    out: dict[str, dict[str, Any]] = {}
+    index = field_index()
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        elif key in index:
+            out.setdefault(index[key][0], {})[key] = value
+        else:
+            raise ValueError(f"unknown key {key!r} in {path}{_suggest(key)}")
+    return out
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return {section: dataclasses.asdict(getattr(config, section)) for section in SECTIONS}
+
+
+def dump_toml(config: Config) -> str:
+    """Serialise a config as TOML (None values, i.e. unresolved autos, are left out)."""
+    lines: list[str] = []
+    for section, values in to_dict(config).items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+# The sizes a run gets when a field is left at None ("auto"): a first run on a 2-core CPU shows a
+# curve in about ten minutes; on a GPU the same command runs a real experiment.
+AUTO_SIZES = {
+    #                 (GPU, CPU)
+    "num_tasks": (8, 4),
+    "max_tokens": (512, 96),
+    "num_updates": (100, 12),
+    "micro_batch_size": (16, 8),
+    "sft_steps": (50, 12),
+    "eval_every": (10, 0),
+    "eval_num_tasks": (200, 24),
+    "gradient_checkpointing": (True, False),
+}
+
+
+def resolve_auto(config: Config, on_gpu: bool) -> Config:
+    """Fill every ``None`` (auto) field for the device; returns a new Config."""
+    config = build_config(to_dict(config))
+    index = field_index()
+    for name, (gpu_value, cpu_value) in AUTO_SIZES.items():
+        section = getattr(config, index[name][0])
+        if getattr(section, name) is None:
+            setattr(section, name, gpu_value if on_gpu else cpu_value)
+    if config.eval.eval_max_tokens is None:
+        config.eval.eval_max_tokens = config.rollout.max_tokens
+    if config.eval.eval_tiers is None:
+        config.eval.eval_tiers = default_eval_tiers(config.env.train_difficulty)
+    return config
+
+
+def default_eval_tiers(train_tiers: list[int]) -> list[int]:
+    """The training tiers plus the tier below and above each (where they exist)."""
+    tiers = {t + d for t in train_tiers for d in (-1, 0, 1)}
+    return sorted(t for t in tiers if 1 <= t <= 10)

@@ -1,0 +1,1 @@
+"""Evaluation on fixed, seeded task sets with greedy decoding."""

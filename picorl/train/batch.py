@@ -1,0 +1,68 @@
+"""Pack episodes into padded micro-batches of exact token ids, with the loss mask on sampled tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from picorl.rollout.episodes import Episode
+
+
+@dataclass
+class MicroBatch:
+    """Right-padded sequences ``prompt + completion``; masks mark what the loss may touch."""
+
+    index: list[int]  # positions of these episodes in the rollout batch
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    action_mask: torch.Tensor  # [B, T] bool: tokens the policy sampled (never prompt, template or padding)
+    engine_logprobs: torch.Tensor  # [B, T] fp32, 0 off the action mask
+    advantages: torch.Tensor  # [B] fp32
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.action_mask.sum())
+
+
+def make_micro_batches(
+    episodes: list[Episode],
+    advantages: torch.Tensor,
+    micro_batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    include: list[bool] | None = None,
+) -> list[MicroBatch]:
+    """Split the episodes (those with ``include`` True) into micro-batches, similar lengths together
+    so little compute goes to padding. A truncated episode keeps exactly the tokens it sampled: no
+    end-of-turn token is invented for it (defect 5 of the seed)."""
+    chosen = [i for i in range(len(episodes)) if include is None or include[i]]
+    chosen.sort(key=lambda i: len(episodes[i].prompt_ids) + len(episodes[i].completion_ids))
+    batches = []
+    for start in range(0, len(chosen), micro_batch_size):
+        index = chosen[start : start + micro_batch_size]
+        batches.append(_pack([episodes[i] for i in index], index, advantages[index], pad_id, device))
+    return batches
+
+
+def _pack(episodes: list[Episode], index: list[int], advantages, pad_id: int, device) -> MicroBatch:
+    length = max(len(e.prompt_ids) + len(e.completion_ids) for e in episodes)
+    shape = (len(episodes), length)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    action_mask = torch.zeros(shape, dtype=torch.bool)
+    engine_logprobs = torch.zeros(shape, dtype=torch.float32)
+    for row, e in enumerate(episodes):
+        p, c = len(e.prompt_ids), len(e.completion_ids)
+        input_ids[row, : p + c] = torch.tensor(e.prompt_ids + e.completion_ids)
+        attention_mask[row, : p + c] = 1
+        action_mask[row, p : p + c] = torch.tensor(e.action_mask, dtype=torch.bool)
+        engine_logprobs[row, p : p + c] = torch.tensor(e.engine_logprobs, dtype=torch.float32)
+    return MicroBatch(
+        index=index,
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        action_mask=action_mask.to(device),
+        engine_logprobs=engine_logprobs.to(device),
+        advantages=advantages.to(device=device, dtype=torch.float32),
+    )

@@ -1,0 +1,198 @@
+"""A training run, top to bottom: set up, warm up (SFT), evaluate, then update / evaluate / save.
+
+Step 0 is the model before any RL update; step N is the model after N updates. Train, eval and
+checkpoint rows all use that one counter (SFT rows carry their own ``sft/step``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from picorl.algos.value_head import ValueHead, value_head_param_group
+from picorl.config import Config, dump_toml, resolve_auto, to_dict
+from picorl.envs.registry import make_env
+from picorl.eval.evaluate import evaluate
+from picorl.logging.console import UpdateProgress, format_sft_line
+from picorl.logging.metrics import MetricsLogger
+from picorl.logging.plots import plot_training_curves
+from picorl.models import load_model_and_tokenizer
+from picorl.rollout.episodes import run_episodes
+from picorl.rollout.types import SamplingParams
+from picorl.train.checkpoint import load_checkpoint, save_adapter, save_checkpoint
+from picorl.train.engines import make_engine
+from picorl.train.policy import make_policy, trainable_parameters
+from picorl.train.sft import run_sft
+from picorl.train.update import UpdateContext, rl_update
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_directory(config: Config) -> Path:
+    name = config.run.name or time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir = Path(config.run.runs_dir) / name
+    if (run_dir / "metrics.jsonl").exists() and not config.run.resume:
+        raise ValueError(
+            f"{run_dir} already holds a run: pass --resume to continue it, or choose another --name"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(config: Config) -> Path:
+    """Run RL training as ``config`` says; returns the run directory."""
+    device = pick_device(config.train.device)
+    config = resolve_auto(config, on_gpu=device.type == "cuda")
+    run_dir = run_directory(config)
+    (run_dir / "config.toml").write_text(dump_toml(config))
+    seed_everything(config.train.seed)
+
+    total = config.train.num_updates
+    with UpdateProgress(total) as progress:
+        progress.print(f"picorl: run directory {run_dir}  (device {device}, model {config.model.model})")
+        model, tokenizer = load_model_and_tokenizer(
+            config.model.model, dtype=config.model.dtype, device=device
+        )
+        model = make_policy(model, config.model)
+        value_head = make_value_head(model, config, device)
+        groups = [{"params": trainable_parameters(model)}]
+        if value_head is not None:  # made before the optimizer, so it is trained (defect 8 of the seed)
+            groups.append(value_head_param_group(value_head, config.algo.value_lr))
+        optimizer = torch.optim.AdamW(groups, lr=config.train.lr, weight_decay=config.train.weight_decay)
+        warmup = config.train.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
+        )
+        start = 0
+        if config.run.resume and (run_dir / "checkpoint").exists():
+            start, _ = load_checkpoint(run_dir, model, optimizer, scheduler)
+            progress.print(f"resumed after update {start}")
+        logger = MetricsLogger(
+            run_dir, run_name=run_dir.name, config=_flat(config), wandb=config.run.wandb,
+            wandb_project=config.run.wandb_project, resume=config.run.resume, resume_step=start if config.run.resume else None,
+        )  # fmt: skip
+        engine = make_engine(config, model, tokenizer, device)
+        ctx = UpdateContext(
+            model=model, tokenizer=tokenizer, engine=engine, algo=config.algo,
+            make_env=partial(make_env, config.env.env, difficulty=config.env.train_difficulty,
+                             reward_mode=config.env.reward_mode),
+            optimizer=optimizer, scheduler=scheduler, params=SamplingParams(
+                max_tokens=config.rollout.max_tokens, temperature=config.rollout.temperature,
+                top_p=config.rollout.top_p, top_k=config.rollout.top_k),
+            k=config.rollout.k, num_tasks=config.rollout.num_tasks, micro_batch_size=config.train.micro_batch_size,
+            max_grad_norm=config.train.max_grad_norm, device=device, seed=config.train.seed, value_head=value_head,
+        )  # fmt: skip
+
+        def run_eval(step: int) -> None:
+            t0 = time.perf_counter()
+            metrics, episodes = evaluate(
+                engine, tokenizer, env_name=config.env.env, tiers=config.eval.eval_tiers,
+                num_tasks=config.eval.eval_num_tasks, eval_seed=config.eval.eval_seed,
+                max_tokens=config.eval.eval_max_tokens, reward_mode=config.env.reward_mode,
+            )  # fmt: skip
+            metrics["time/eval_s"] = time.perf_counter() - t0
+            logger.log(step, metrics, kind="eval")
+            logger.log_samples([sample_row(step, e, kind="eval") for e in episodes[:16]])
+            progress.eval(step, metrics)
+
+        def save(step: int) -> None:
+            save_checkpoint(run_dir, model, tokenizer, step, optimizer, scheduler, {})
+            save_adapter(model, tokenizer, run_dir / "adapter")
+            plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png")
+
+        if start == 0:
+            if config.sft.sft_steps:
+                warm_up(config, ctx, logger, progress)
+            run_eval(0)
+            if total == 0:
+                save(0)
+        for update in range(start, total):
+            step = update + 1
+            metrics, episodes = rl_update(ctx, update)
+            logger.log(step, metrics, kind="train")
+            if config.run.samples_every and step % config.run.samples_every == 0:
+                logger.log_samples([sample_row(step, e) for e in episodes])
+            progress.update(step, metrics)
+            if step == total or (config.eval.eval_every and step % config.eval.eval_every == 0):
+                run_eval(step)
+            if step == total or (config.run.save_every and step % config.run.save_every == 0):
+                save(step)
+            elif config.run.plot_every and step % config.run.plot_every == 0:
+                plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png")
+        logger.close()
+        progress.print(f"done: {run_dir}")
+    return run_dir
+
+
+def warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progress: UpdateProgress) -> None:
+    """SFT on the environment's demonstrations, then a greedy check of format and reward."""
+    sft = config.sft
+    env = ctx.make_env()
+    chats = [env.demonstration(seed) for seed in range(2**41, 2**41 + sft.sft_num_examples)]
+
+    def log(step: int, loss: float) -> None:
+        logger.log_sft(step, {"sft/loss": loss})
+        if step == 1 or step % 10 == 0 or step == sft.sft_steps:
+            progress.print(format_sft_line(step, sft.sft_steps, {"sft/loss": loss}))
+
+    t0 = time.perf_counter()
+    final = run_sft(
+        ctx.model, ctx.tokenizer, chats, steps=sft.sft_steps, batch_size=sft.sft_batch_size, lr=sft.sft_lr,
+        device=ctx.device, log=log,
+    )  # fmt: skip
+    params = SamplingParams(max_tokens=ctx.params.max_tokens, temperature=0.0)
+    seeds = list(range(2**41 + 10**6, 2**41 + 10**6 + 32))
+    episodes = run_episodes(ctx.make_env, seeds, ctx.engine, ctx.tokenizer, params)
+    post = {
+        "sft/final_loss": final,
+        "sft/post_format_compliance": sum(bool(e.info.get("format_ok")) for e in episodes) / len(episodes),
+        "sft/post_mean_reward": sum(e.reward for e in episodes) / len(episodes),
+        "time/sft_s": time.perf_counter() - t0,
+    }
+    logger.log_sft(sft.sft_steps, post)
+    progress.print(
+        f"SFT warm-up: {sft.sft_steps} steps, final loss {final:.3f}; greedy on 32 tasks: format "
+        f"{post['sft/post_format_compliance']:.2f}, reward {post['sft/post_mean_reward']:.3f}"
+    )
+
+
+def make_value_head(model, config: Config, device):
+    """PPO's value head, created BEFORE the optimizer so that it is trained (defect 8 of the seed)."""
+    if config.algo.algo != "ppo":
+        return None
+    return ValueHead(model.config.hidden_size).to(device)
+
+
+def sample_row(step: int, episode, kind: str = "train") -> dict:
+    return {
+        "update": step,
+        "kind": kind,
+        "group": episode.group,
+        "task_seed": episode.task_seed,
+        "prompt": episode.messages[: len(episode.messages) - episode.num_turns],
+        "completion": episode.completion_text,
+        "reward": episode.reward,
+        "correct": bool(episode.info.get("correct")),
+        "completion_tokens": episode.num_generated,
+        "finish_reason": episode.finish_reason,
+    }
+
+
+def _flat(config: Config) -> dict:
+    return {f"{section}.{k}": v for section, values in to_dict(config).items() for k, v in values.items()}

@@ -1,0 +1,68 @@
+import pytest
+
+from picorl.cli import config_from_args, make_parser
+from picorl.config import build_config, dump_toml, load_toml, resolve_auto, to_dict
+
+
+def parse(*argv):
+    return config_from_args(make_parser().parse_args(["train", *argv]))
+
+
+def test_seed_flag_names_map_to_config():
+    c = parse(
+        "--model", "tiny-qwen3", "--algo", "rloo", "--k", "4", "--train-difficulty", "6", "--num-tasks", "3",
+        "--num-updates", "7", "--lr", "1e-5", "--max-tokens", "64", "--temperature", "0.9", "--lora-rank", "8",
+        "--lora-alpha", "16", "--sft-steps", "5", "--eval-every", "2", "--eval-num-tasks", "10", "--name", "x",
+    )  # fmt: skip
+    assert c.model.model == "tiny-qwen3" and c.algo.algo == "rloo" and c.rollout.k == 4
+    assert c.env.train_difficulty == [6] and c.rollout.num_tasks == 3 and c.train.num_updates == 7
+    assert c.train.lr == 1e-5 and c.rollout.max_tokens == 64 and c.rollout.temperature == 0.9
+    assert c.model.lora_rank == 8 and c.model.lora_alpha == 16 and c.sft.sft_steps == 5
+    assert c.eval.eval_every == 2 and c.eval.eval_num_tasks == 10 and c.run.name == "x"
+
+
+def test_toml_file_then_flags_override(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[rollout]\nk = 3\nmax_tokens = 50\n[model]\nmodel = "tiny-llama"\nlora_rank = 4\n')
+    c = parse("--config", str(f), "--k", "5")
+    assert c.rollout.k == 5 and c.rollout.max_tokens == 50 and c.model.model == "tiny-llama"
+
+
+def test_saved_config_round_trips(tmp_path):
+    c = resolve_auto(parse("--k", "4", "--eval-tiers", "1", "2"), on_gpu=False)
+    f = tmp_path / "config.toml"
+    f.write_text(dump_toml(c))
+    assert to_dict(build_config(load_toml(f))) == to_dict(c)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"rollout": {"k": 0}}, "k must be >= 1"),
+        ({"env": {"train_difficulty": [11]}}, "tiers in 1..10"),
+        ({"rollout": {"kk": 3}}, "did you mean 'k'"),
+        ({"train": {"k": 3}}, "belongs in [rollout]"),
+        ({"nope": {}}, "unknown config section"),
+        ({"model": {"dtype": "int3"}}, "dtype must be"),
+    ],
+)
+def test_bad_config_gives_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build_config(overrides)
+
+
+def test_auto_fields_resolve_per_device():
+    cpu = resolve_auto(build_config(), on_gpu=False)
+    gpu = resolve_auto(build_config(), on_gpu=True)
+    assert cpu.eval.eval_num_tasks < gpu.eval.eval_num_tasks == 200
+    assert cpu.eval.eval_max_tokens == cpu.rollout.max_tokens
+    assert cpu.eval.eval_tiers == [1, 2]
+    explicit = resolve_auto(build_config({"eval": {"eval_num_tasks": 7}}), on_gpu=True)
+    assert explicit.eval.eval_num_tasks == 7
+
+
+def test_cli_reports_config_errors_without_traceback(capsys):
+    from picorl.cli import main
+
+    assert main(["train", "--k", "0"]) == 2
+    assert "k must be >= 1" in capsys.readouterr().err
