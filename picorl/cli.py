@@ -40,14 +40,28 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"[{section}]")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            shown = "auto" if default is None else default
+            help = f.metadata.get("help", "")
+            shown = default if default is not None else "auto" if "auto" in help else "off"
             group.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=f.name,
                 default=argparse.SUPPRESS,
-                help=f"{f.metadata.get('help', '')} (default: {shown})",
+                help=f"{help} (default: {shown})",
                 **_value_parser(hints[f.name]),
             )
+
+
+def config_reference() -> str:
+    """The README's configuration reference, generated from the dataclasses (a test keeps them equal)."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        lines += ["", f"**[{section}]**", "", "| flag | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            help = f.metadata.get("help", "").replace("|", "\\|")
+            shown = default if default is not None else "auto" if "auto" in help else "off"
+            lines.append(f"| `--{f.name.replace('_', '-')}` | `{shown}` | {help} |")
+    return "\n".join(lines) + "\n"
 
 
 def config_from_args(args: argparse.Namespace):

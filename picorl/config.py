@@ -17,18 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from picorl.algos.config import AlgoConfig
-
-
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with its documentation attached (shown by ``--help`` and the README)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+from picorl.options import check, opt
 
 
 @dataclass
@@ -52,13 +41,13 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.dtype in ("auto", "bf16", "fp16", "fp32"),
             f"dtype must be auto|bf16|fp16|fp32, got {self.dtype!r}",
         )
-        _check(self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}")
-        _check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
-        _check(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        check(self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}")
+        check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
 @dataclass
@@ -74,15 +63,15 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train_difficulty, int):
             self.train_difficulty = [self.train_difficulty]
-        _check(
+        check(
             all(1 <= t <= 10 for t in self.train_difficulty) and self.train_difficulty,
             f"train_difficulty must be tiers in 1..10, got {self.train_difficulty}",
         )
-        _check(
+        check(
             self.reward_mode in ("partial", "binary"),
             f"reward_mode must be partial|binary, got {self.reward_mode!r}",
         )
-        _check(self.max_turns >= 1, f"max_turns must be >= 1, got {self.max_turns}")
+        check(self.max_turns >= 1, f"max_turns must be >= 1, got {self.max_turns}")
 
 
 @dataclass
@@ -102,14 +91,14 @@ class RolloutConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(self.k >= 1, f"k must be >= 1, got {self.k}")
-        _check(self.num_tasks is None or self.num_tasks >= 1, f"num_tasks must be >= 1, got {self.num_tasks}")
-        _check(
+        check(self.k >= 1, f"k must be >= 1, got {self.k}")
+        check(self.num_tasks is None or self.num_tasks >= 1, f"num_tasks must be >= 1, got {self.num_tasks}")
+        check(
             self.max_tokens is None or self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"
         )
-        _check(self.temperature > 0, f"temperature must be > 0 for training rollouts, got {self.temperature}")
-        _check(self.engine in ("picorl", "hf"), f"engine must be picorl|hf, got {self.engine!r}")
-        _check(
+        check(self.temperature > 0, f"temperature must be > 0 for training rollouts, got {self.temperature}")
+        check(self.engine in ("picorl", "hf"), f"engine must be picorl|hf, got {self.engine!r}")
+        check(
             0 < self.kv_cache_fraction <= 1,
             f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}",
         )
@@ -127,14 +116,14 @@ class TrainConfig:
     device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu.")
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.num_updates is None or self.num_updates >= 0,
             f"num_updates must be >= 0, got {self.num_updates}",
         )
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
-        _check(
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        check(
             self.micro_batch_size is None or self.micro_batch_size >= 1,
             f"micro_batch_size must be >= 1, got {self.micro_batch_size}",
         )
@@ -151,10 +140,10 @@ class SFTConfig:
     sft_lr: float = opt(2e-4, "SFT learning rate.")
 
     def __post_init__(self) -> None:
-        _check(self.sft_steps is None or self.sft_steps >= 0, f"sft_steps must be >= 0, got {self.sft_steps}")
-        _check(self.sft_num_examples >= 1, f"sft_num_examples must be >= 1, got {self.sft_num_examples}")
-        _check(self.sft_batch_size >= 1, f"sft_batch_size must be >= 1, got {self.sft_batch_size}")
-        _check(self.sft_lr > 0, f"sft_lr must be > 0, got {self.sft_lr}")
+        check(self.sft_steps is None or self.sft_steps >= 0, f"sft_steps must be >= 0, got {self.sft_steps}")
+        check(self.sft_num_examples >= 1, f"sft_num_examples must be >= 1, got {self.sft_num_examples}")
+        check(self.sft_batch_size >= 1, f"sft_batch_size must be >= 1, got {self.sft_batch_size}")
+        check(self.sft_lr > 0, f"sft_lr must be > 0, got {self.sft_lr}")
 
 
 @dataclass
@@ -170,14 +159,14 @@ class EvalConfig:
     eval_seed: int = opt(1234, "Seed of the eval sets; independent of the training seed so runs compare.")
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.eval_every is None or self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"
         )
-        _check(
+        check(
             self.eval_num_tasks is None or self.eval_num_tasks >= 1,
             f"eval_num_tasks must be >= 1, got {self.eval_num_tasks}",
         )
-        _check(
+        check(
             self.eval_tiers is None or all(1 <= t <= 10 for t in self.eval_tiers),
             f"eval_tiers must be tiers in 1..10, got {self.eval_tiers}",
         )
@@ -197,12 +186,12 @@ class RunConfig:
     wandb_project: str = opt("picorl", "Weights & Biases project.")
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.name is None or ("/" not in self.name and self.name not in ("", ".", "..")),
             f"name must be a plain folder name, got {self.name!r}",
         )
         for key in ("save_every", "samples_every", "plot_every"):
-            _check(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
+            check(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass

@@ -66,3 +66,12 @@ def test_cli_reports_config_errors_without_traceback(capsys):
 
     assert main(["train", "--k", "0"]) == 2
     assert "k must be >= 1" in capsys.readouterr().err
+
+
+def test_readme_config_reference_is_current():
+    from pathlib import Path
+
+    from picorl.cli import config_reference
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert config_reference() in readme, "regenerate the README's reference with picorl.cli.config_reference()"

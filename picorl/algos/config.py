@@ -28,8 +28,9 @@ ratio and clipping actually act (with one epoch the ratio is always 1: defect 8 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+from picorl.options import check, choice, opt
 
 ALGOS = ("grpo", "dr_grpo", "rloo", "reinforce", "ppo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -48,106 +49,91 @@ AUTO = {
 }
 
 
-def _opt(default: Any, help: str) -> Any:
-    # Same shape as picorl.config.opt (which imports this module, hence no import the other way).
-    return field(default=default, metadata={"help": help})
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {'|'.join(allowed)}, got {value!r}")
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
 @dataclass
 class AlgoConfig:
-    algo: str = _opt(
+    algo: str = opt(
         "grpo",
         "RL algorithm: grpo (group mean/std baseline, Shao et al. 2024), dr_grpo (group mean, no length "
         "bias, Liu et al. 2025), rloo (leave-one-out baseline, Ahmadian et al. 2024), reinforce (batch-mean "
         "baseline) or ppo (value head + GAE, Schulman et al. 2017).",
     )
-    scale_rewards: str | None = _opt(
+    scale_rewards: str | None = opt(
         None,
         "Divide advantages by a reward std: group (std within each group, original GRPO), batch (std over "
         "the whole batch), none (Dr. GRPO). auto: group for grpo, none otherwise.",
     )
-    loss_type: str | None = _opt(
+    loss_type: str | None = opt(
         None,
         "Token-loss aggregation: grpo (token mean per sequence, then mean over sequences), dapo (sum over "
         "all tokens / number of tokens, Yu et al. 2025), dr_grpo (sum / (sequences x max_tokens), Liu et al. "
         "2025). auto: see the table in picorl/algos/config.py.",
     )
-    epsilon: float = _opt(0.2, "PPO ratio clip: the ratio is kept within [1 - epsilon, 1 + epsilon_high].")
-    epsilon_high: float | None = _opt(
+    epsilon: float = opt(0.2, "PPO ratio clip: the ratio is kept within [1 - epsilon, 1 + epsilon_high].")
+    epsilon_high: float | None = opt(
         None, "Upper ratio clip (DAPO clip-higher uses 0.28). auto: equal to epsilon."
     )
-    num_iterations: int | None = _opt(
+    num_iterations: int | None = opt(
         None,
         "Optimization epochs over one rollout batch, with stored old log-probs (mu in the GRPO paper). "
         "auto: 1, or 2 for ppo so that ratio clipping acts.",
     )
-    beta: float = _opt(
+    beta: float = opt(
         0.0,
         "KL penalty coefficient toward the reference policy (k3 estimator; with LoRA the reference is the "
         "model with the adapter disabled). 0 = off.",
     )
-    importance_sampling: str = _opt(
+    importance_sampling: str = opt(
         "token",
         "Correct for the rollout engine's log-probs differing from the trainer's: token (truncated weight "
         "per token), sequence (one weight per completion) or none.",
     )
-    is_cap: float = _opt(
+    is_cap: float = opt(
         2.0, "Truncation cap C of the importance weights: w = min(pi_trainer / pi_engine, C)."
     )
-    zero_variance: str = _opt(
+    zero_variance: str = opt(
         "keep",
         "Groups whose rewards are all equal: keep (in the loss normaliser), drop (out of the loss), or "
         "dynamic (DAPO: draw more groups until the batch has num_tasks informative ones, bounded).",
     )
-    dynamic_max_draws: int = _opt(
+    dynamic_max_draws: int = opt(
         3, "With zero_variance=dynamic: at most this many rollout rounds per update."
     )
-    skip_group_success_above: float | None = _opt(
+    skip_group_success_above: float | None = opt(
         None,
         "Leave out groups whose mean success (reward) is above this: too easy (Atropos-style). Off unless set.",
     )
-    skip_group_success_below: float | None = _opt(
+    skip_group_success_below: float | None = opt(
         None, "Leave out groups whose mean success (reward) is below this: too hard. Off unless set."
     )
-    overlong: str = _opt(
+    overlong: str = opt(
         "keep",
         "Completions cut at max_tokens: keep (train on them as they are), mask (leave them out of the loss, "
         "DAPO overlong filtering) or soft_penalty (DAPO soft overlong punishment added to the reward).",
     )
-    overlong_buffer: int | None = _opt(
+    overlong_buffer: int | None = opt(
         None,
         "soft_penalty: the penalty ramps from 0 to -1 over the last this-many tokens before max_tokens "
         "(L_cache in DAPO). auto: a quarter of max_tokens.",
     )
-    overlong_penalty: float = _opt(1.0, "soft_penalty: scale of the length penalty added to the reward.")
-    gamma: float = _opt(1.0, "PPO discount per token (1: an outcome reward is not discounted).")
-    gae_lambda: float = _opt(
+    overlong_penalty: float = opt(1.0, "soft_penalty: scale of the length penalty added to the reward.")
+    gamma: float = opt(1.0, "PPO discount per token (1: an outcome reward is not discounted).")
+    gae_lambda: float = opt(
         1.0,
         "PPO GAE lambda (Schulman et al. 2016). 1 = Monte-Carlo returns minus the value baseline (unbiased "
         "while the value head is still learning); lower trades bias for variance.",
     )
-    vf_coef: float = _opt(0.1, "PPO: weight of the value loss added to the policy loss.")
-    value_clip: float = _opt(
+    vf_coef: float = opt(0.1, "PPO: weight of the value loss added to the policy loss.")
+    value_clip: float = opt(
         0.2, "PPO: keep new values within this of the old ones in the value loss (0 = no clipping)."
     )
-    value_lr: float = _opt(
+    value_lr: float = opt(
         1e-4,
         "PPO: learning rate of the value head's own parameter group (a fresh head needs more than LoRA).",
     )
-    ppo_minibatches: int = _opt(1, "PPO: optimizer steps per epoch, each on a share of the rollout batch.")
+    ppo_minibatches: int = opt(1, "PPO: optimizer steps per epoch, each on a share of the rollout batch.")
 
     def __post_init__(self) -> None:
-        _choice("algo", self.algo, ALGOS)
+        choice("algo", self.algo, ALGOS)
         auto_scale, auto_loss, auto_iterations = AUTO[self.algo]
         if self.scale_rewards is None:
             self.scale_rewards = auto_scale
@@ -157,42 +143,42 @@ class AlgoConfig:
             self.num_iterations = auto_iterations
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
-        _choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
-        _choice("loss_type", self.loss_type, LOSS_TYPES)
-        _choice("importance_sampling", self.importance_sampling, IMPORTANCE_SAMPLING)
-        _choice("zero_variance", self.zero_variance, ZERO_VARIANCE)
-        _choice("overlong", self.overlong, OVERLONG)
-        _check(
+        choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        choice("loss_type", self.loss_type, LOSS_TYPES)
+        choice("importance_sampling", self.importance_sampling, IMPORTANCE_SAMPLING)
+        choice("zero_variance", self.zero_variance, ZERO_VARIANCE)
+        choice("overlong", self.overlong, OVERLONG)
+        check(
             self.algo not in ("rloo", "ppo") or self.scale_rewards == "none",
             f"scale_rewards={self.scale_rewards!r} has no meaning for algo={self.algo!r}; use scale_rewards=none",
         )
-        _check(
+        check(
             self.algo != "reinforce" or self.scale_rewards != "group",
             "reinforce has no groups: use scale_rewards=batch (divide by the batch std) or none",
         )
-        _check(0 < self.epsilon < 1, f"epsilon must be in (0, 1), got {self.epsilon}")
-        _check(self.epsilon_high > 0, f"epsilon_high must be > 0, got {self.epsilon_high}")
-        _check(self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}")
-        _check(self.beta >= 0, f"beta must be >= 0 (0 = no KL penalty), got {self.beta}")
-        _check(
+        check(0 < self.epsilon < 1, f"epsilon must be in (0, 1), got {self.epsilon}")
+        check(self.epsilon_high > 0, f"epsilon_high must be > 0, got {self.epsilon_high}")
+        check(self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}")
+        check(self.beta >= 0, f"beta must be >= 0 (0 = no KL penalty), got {self.beta}")
+        check(
             self.is_cap >= 1,
             f"is_cap must be >= 1 (a cap below 1 would shrink on-policy tokens), got {self.is_cap}",
         )
-        _check(self.dynamic_max_draws >= 1, f"dynamic_max_draws must be >= 1, got {self.dynamic_max_draws}")
+        check(self.dynamic_max_draws >= 1, f"dynamic_max_draws must be >= 1, got {self.dynamic_max_draws}")
         above, below = self.skip_group_success_above, self.skip_group_success_below
         if above is not None and below is not None:
-            _check(
+            check(
                 below < above,
                 f"skip_group_success_below ({below}) must be < skip_group_success_above ({above})",
             )
-        _check(
+        check(
             self.overlong_buffer is None or self.overlong_buffer >= 1,
             f"overlong_buffer must be >= 1 token, got {self.overlong_buffer}",
         )
-        _check(self.overlong_penalty >= 0, f"overlong_penalty must be >= 0, got {self.overlong_penalty}")
-        _check(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
-        _check(0 <= self.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        _check(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
-        _check(self.value_clip >= 0, f"value_clip must be >= 0 (0 = off), got {self.value_clip}")
-        _check(self.value_lr > 0, f"value_lr must be > 0, got {self.value_lr}")
-        _check(self.ppo_minibatches >= 1, f"ppo_minibatches must be >= 1, got {self.ppo_minibatches}")
+        check(self.overlong_penalty >= 0, f"overlong_penalty must be >= 0, got {self.overlong_penalty}")
+        check(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
+        check(0 <= self.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        check(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
+        check(self.value_clip >= 0, f"value_clip must be >= 0 (0 = off), got {self.value_clip}")
+        check(self.value_lr > 0, f"value_lr must be > 0, got {self.value_lr}")
+        check(self.ppo_minibatches >= 1, f"ppo_minibatches must be >= 1, got {self.ppo_minibatches}")
