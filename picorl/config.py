@@ -106,7 +106,7 @@ class RolloutConfig:
 
 @dataclass
 class TrainConfig:
-    num_updates: int | None = opt(None, "Policy updates (auto: 100 on GPU, 12 on CPU).")
+    num_updates: int | None = opt(None, "Policy updates (auto: 100 on GPU, 10 on CPU).")
     lr: float = opt(2e-5, "AdamW learning rate (after warm-up it stays constant).")
     warmup_steps: int = opt(2, "Linear learning-rate warm-up, in optimizer steps.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
@@ -309,7 +309,7 @@ AUTO_SIZES = {
     #                 (GPU, CPU)
     "num_tasks": (8, 4),
     "max_tokens": (512, 96),
-    "num_updates": (100, 12),
+    "num_updates": (100, 10),
     "micro_batch_size": (16, 8),
     "sft_steps": (50, 12),
     "eval_every": (10, 0),

@@ -51,7 +51,9 @@ def train(algo: str, constant_reward: bool, updates: int, k: int = 8):
     for update in range(updates):
         groups = engine.generate(PROMPTS, SamplingParams(**{**params.__dict__, "seed": update}), n=k)
         episodes = [
-            Episode(g, 0, PROMPTS[g], c.token_ids, [True] * len(c.token_ids), c.logprobs, finish_reason="length")
+            Episode(
+                g, 0, PROMPTS[g], c.token_ids, [True] * len(c.token_ids), c.logprobs, finish_reason="length"
+            )
             for g, group in enumerate(groups)
             for c in group
         ]
@@ -70,7 +72,9 @@ def test_policy_learns_the_rewarded_token(algo):
     _, fractions = train(algo, constant_reward=False, updates=20)
     start, end = fractions[0], sum(fractions[-5:]) / 5
     assert start < 0.15, f"the behaviour must be rare at first ({start:.2f})"
-    assert end > 0.6, f"{algo}: rewarded token fraction {start:.2f} -> {end:.2f} over {len(fractions)} updates"
+    assert end > 0.6, (
+        f"{algo}: rewarded token fraction {start:.2f} -> {end:.2f} over {len(fractions)} updates"
+    )
 
 
 @pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce", "ppo"])
