@@ -74,4 +74,6 @@ def test_readme_config_reference_is_current():
     from picorl.cli import config_reference
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert config_reference() in readme, "regenerate the README's reference with picorl.cli.config_reference()"
+    assert config_reference() in readme, (
+        "regenerate the README's reference with picorl.cli.config_reference()"
+    )

@@ -1,0 +1,94 @@
+"""Engine settings: KV-cache size, batching limits and the GPU fast paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class EngineConfig:
+    """How the engine batches and how much memory its KV cache takes.
+
+    The KV cache size is the first of these that is set: ``num_blocks`` (tests), ``kv_cache_gib``,
+    ``kv_cache_fraction`` (of the device memory free when the cache is allocated); otherwise half of
+    the free GPU memory, or 1 GiB on CPU.
+    """
+
+    block_size: int = 16  # tokens per KV-cache block
+    max_num_seqs: int = 256  # sequences decoded together
+    max_num_batched_tokens: int = 8192  # prompt tokens per prefill step (a longer prompt runs alone)
+    kv_cache_gib: float | None = None
+    kv_cache_fraction: float | None = None
+    num_blocks: int | None = None
+    dtype: torch.dtype | str | None = None  # KV-cache dtype; None: the model's
+    max_model_len: int | None = None  # longest prompt + completion; None: the model's max_position_embeddings
+    cuda_graphs: bool | None = (
+        None  # decode through CUDA graphs; None: on when on CUDA with the Triton kernel
+    )
+    cuda_graph_batch_sizes: tuple[int, ...] | None = None  # None: 1, 2, 4, 8, 16, 32, ... up to max_num_seqs
+    compile: bool | None = None  # torch.compile the modules between attention calls; None: on for CUDA
+    compile_mode: str = "default"  # or "max-autotune-no-cudagraphs" (much longer compile)
+    fused_sampling: bool = True  # one-pass Triton sampler on CUDA (without top-k / top-p)
+    decode_attention: str = "auto"  # auto (Triton on CUDA when importable, else torch) | triton | torch
+    kv_storage: str = "auto"  # auto (CUDA virtual memory when available) | vmm | torch
+
+    def __post_init__(self) -> None:
+        _check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}")
+        _check(self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        _check(
+            self.max_num_batched_tokens >= 1,
+            f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}",
+        )
+        _check(
+            self.kv_cache_gib is None or self.kv_cache_gib > 0,
+            f"kv_cache_gib must be > 0, got {self.kv_cache_gib}",
+        )
+        _check(
+            self.kv_cache_fraction is None or 0 < self.kv_cache_fraction <= 1,
+            f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}",
+        )
+        _check(
+            self.num_blocks is None or self.num_blocks >= 1, f"num_blocks must be >= 1, got {self.num_blocks}"
+        )
+        _check(
+            self.max_model_len is None or self.max_model_len >= 2,
+            f"max_model_len must be >= 2, got {self.max_model_len}",
+        )
+        _check(
+            self.decode_attention in ("auto", "triton", "torch"),
+            f"decode_attention must be auto|triton|torch, got {self.decode_attention!r}",
+        )
+        _check(
+            self.compile_mode in ("default", "max-autotune-no-cudagraphs"),
+            f"compile_mode must be default|max-autotune-no-cudagraphs, got {self.compile_mode!r}",
+        )
+        _check(
+            self.kv_storage in ("auto", "vmm", "torch"),
+            f"kv_storage must be auto|vmm|torch, got {self.kv_storage!r}",
+        )
+        if isinstance(self.dtype, str):
+            _check(
+                self.dtype in DTYPES,
+                f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {self.dtype!r}",
+            )
+            self.dtype = DTYPES[self.dtype]
+        if self.cuda_graph_batch_sizes is not None:
+            sizes = tuple(sorted(set(self.cuda_graph_batch_sizes)))
+            _check(bool(sizes) and sizes[0] >= 1, f"cuda_graph_batch_sizes must be positive, got {sizes}")
+            self.cuda_graph_batch_sizes = sizes
+
+    def graph_batch_sizes(self) -> tuple[int, ...]:
+        """Batch sizes to capture decode graphs at; a batch runs in the smallest one that holds it."""
+        if self.cuda_graph_batch_sizes is not None:
+            return self.cuda_graph_batch_sizes
+        sizes = [1, 2, 4, 8] + list(range(16, self.max_num_seqs + 1, 16))
+        return tuple(sorted({s for s in sizes if s < self.max_num_seqs} | {self.max_num_seqs}))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

@@ -1,0 +1,169 @@
+"""Run the trainer's own modules over flattened token batches, with paged attention in between.
+
+Nothing is copied or renamed: each decoder layer's own ``input_layernorm``, ``q/k/v_proj`` (and
+``q_norm``/``k_norm``), ``o_proj``, ``post_attention_layernorm`` and ``mlp`` are called, then the
+final ``norm`` and ``lm_head``. PEFT LoRA layers among them run unmerged, exactly as in training, and
+an optimizer step on any weight shows in the next call. Only attention (with the model's own rotary
+module) is done here, against the paged KV cache. The module calls between two attention calls are
+grouped in ``pre_attention`` / ``post_attention`` so that they can be compiled as a unit
+(``picorl.engine.compiled``): the modules and their parameters stay the model's own either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from picorl.engine.architecture import ModelSpec
+from picorl.engine.attention import DecodeAttention, prefill_attention, store_kv
+from picorl.engine.kv_cache import KVCache
+from picorl.engine.sequence import Sequence
+
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class DecodeInputs:
+    """Device tensors for one decode step of B sequences (the CUDA-graph runner copies these)."""
+
+    input_ids: torch.Tensor  # [B] int64, each sequence's last token
+    positions: torch.Tensor  # [B] int64
+    slots: torch.Tensor  # [B] int64, where its K/V go
+    block_tables: torch.Tensor  # [B, max_blocks] int32, padded with the null block
+    context_lens: torch.Tensor  # [B] int32, cached tokens including this one
+
+
+class ModelRunner:
+    def __init__(
+        self, spec: ModelSpec, decode_attention: DecodeAttention, steps: LayerSteps | None = None
+    ) -> None:
+        self.spec = spec
+        self.decode_attention = decode_attention
+        self.steps = steps or LayerSteps()
+
+    def prefill(self, seqs: list[Sequence], kv: KVCache) -> torch.Tensor:
+        """Run every token of each sequence from position 0, filling its blocks; returns the logits
+        of each sequence's last token, ``[len(seqs), vocab]``."""
+        bs = kv.block_size
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        for seq in seqs:
+            ids += seq.token_ids
+            positions += range(len(seq))
+            slots += [seq.block_table[p // bs] * bs + p % bs for p in range(len(seq))]
+        seq_lens = [len(s) for s in seqs]
+        device = self.spec.device
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return prefill_attention(q, k, v, seq_lens, self.spec.scale)
+
+        hidden = self.forward(
+            torch.tensor(ids, device=device),
+            torch.tensor(positions, device=device),
+            torch.tensor(slots, device=device),
+            kv,
+            attend,
+        )
+        last = torch.tensor(seq_lens, device=device).cumsum(0) - 1
+        return self.logits(hidden[last])
+
+    def prepare_decode(self, seqs: list[Sequence], kv: KVCache) -> DecodeInputs:
+        """Decode inputs built from the sequences' Python lists: the reference that the engine's
+        incremental ``decode_inputs.DecodeInputBuilder`` is tested against."""
+        bs = kv.block_size
+        width = max(len(s.block_table) for s in seqs)
+        tables = [s.block_table + [kv.null_block] * (width - len(s.block_table)) for s in seqs]
+        slots = [s.block_table[(len(s) - 1) // bs] * bs + (len(s) - 1) % bs for s in seqs]
+        device = self.spec.device
+        return DecodeInputs(
+            input_ids=torch.tensor([s.token_ids[-1] for s in seqs], device=device),
+            positions=torch.tensor([len(s) - 1 for s in seqs], device=device),
+            slots=torch.tensor(slots, device=device),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=device),
+            context_lens=torch.tensor([len(s) for s in seqs], dtype=torch.int32, device=device),
+        )
+
+    def decode(self, inputs: DecodeInputs, kv: KVCache) -> torch.Tensor:
+        """One token per sequence; returns ``[B, vocab]`` logits. No host syncs: CUDA-graph safe."""
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            out = self.decode_attention(
+                q.to(kv.dtype),
+                kv.keys[layer],
+                kv.values[layer],
+                inputs.block_tables,
+                inputs.context_lens,
+                self.spec.scale,
+            )
+            return out.to(q.dtype)
+
+        hidden = self.forward(inputs.input_ids, inputs.positions, inputs.slots, kv, attend)
+        return self.logits(hidden)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        kv: KVCache,
+        attend: Attend,
+    ) -> torch.Tensor:
+        """Hidden states ``[N, hidden]`` after the last decoder layer (before the final norm)."""
+        model = self.spec.lm.model
+        hidden = model.embed_tokens(input_ids)
+        cos, sin = model.rotary_emb(hidden, positions[None])
+        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # broadcast over heads
+        for i, layer in enumerate(model.layers):
+            q, k, v = self.steps.pre_attention(layer, hidden, cos, sin)
+            store_kv(kv.keys[i], kv.values[i], k, v, slots)
+            hidden = self.steps.post_attention(layer, hidden, attend(i, q, k, v))
+        return hidden
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        lm = self.spec.lm
+        return self.steps.final_logits(lm.model.norm, lm.lm_head, hidden)
+
+
+def pre_attention(
+    layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A decoder layer up to attention: q, k, v ``[N, heads, head_dim]``, rotary applied."""
+    attn = layer.self_attn
+    n, dim = hidden.shape[0], attn.head_dim
+    x = layer.input_layernorm(hidden)
+    q = attn.q_proj(x).view(n, -1, dim)
+    k = attn.k_proj(x).view(n, -1, dim)
+    v = attn.v_proj(x).view(n, -1, dim)
+    if hasattr(attn, "q_norm"):  # Qwen3 normalizes q and k per head before the rotary embedding
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+
+def post_attention(layer: nn.Module, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """The rest of a decoder layer: output projection, residual, MLP, residual."""
+    hidden = hidden + layer.self_attn.o_proj(attn_out.reshape(hidden.shape[0], -1))
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+
+def final_logits(norm: nn.Module, lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return lm_head(norm(hidden))
+
+
+@dataclass(frozen=True)
+class LayerSteps:
+    """The computation between attention calls, eager or compiled (``picorl.engine.compiled``)."""
+
+    pre_attention: Callable = pre_attention
+    post_attention: Callable = post_attention
+    final_logits: Callable = final_logits
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding in the half-split convention of the Hugging Face models."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
