@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     # Library deprecation chatter (PEFT calling transformers' renamed helpers) is not for users.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor loading bars drown the run's own progress lines
     try:
         config = config_from_args(args)
         if args.command == "train":

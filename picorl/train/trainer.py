@@ -24,7 +24,7 @@ from picorl.models import load_model_and_tokenizer
 from picorl.rollout.episodes import run_episodes
 from picorl.rollout.types import SamplingParams
 from picorl.train.checkpoint import load_checkpoint, save_adapter, save_checkpoint
-from picorl.train.engines import make_engine
+from picorl.train.engines import make_engine, size_kv_cache_from_training_peak
 from picorl.train.policy import make_policy, trainable_parameters
 from picorl.train.sft import run_sft
 from picorl.train.update import UpdateContext, rl_update
@@ -125,6 +125,13 @@ def train(config: Config) -> Path:
         for update in range(start, total):
             step = update + 1
             metrics, episodes = rl_update(ctx, update)
+            if update == start:
+                kv_gib = size_kv_cache_from_training_peak(
+                    engine, config, device, int(metrics.get("memory/peak_gb", 0) * 2**30)
+                )
+                if kv_gib is not None:
+                    metrics["engine/kv_cache_gb"] = kv_gib
+                    progress.print(f"KV cache sized to {kv_gib:.1f} GiB after the first training step's peak")
             logger.log(step, metrics, kind="train")
             if config.run.samples_every and step % config.run.samples_every == 0:
                 logger.log_samples([sample_row(step, e) for e in episodes])

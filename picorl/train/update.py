@@ -88,6 +88,10 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
     episodes, metrics = collect(ctx, update)
     ctx.engine.sleep()
     engine_stats = getattr(ctx.engine, "last_stats", {})
+    on_gpu = ctx.device.type == "cuda"
+    if on_gpu:  # from here on the peak is training's own: the KV cache is released while it runs
+        metrics["memory/rollout_peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+        torch.cuda.reset_peak_memory_stats(ctx.device)
     t_rollout = time.perf_counter() - t0
 
     rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
@@ -117,8 +121,9 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
             or float(lengths.sum()) / max(t_rollout, 1e-9),
         }
     )
-    if torch.cuda.is_available() and ctx.device.type == "cuda":
+    if on_gpu:
         metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+        metrics["memory/kv_cache_gb"] = getattr(ctx.engine, "kv_cache_bytes", 0) / 2**30
         torch.cuda.reset_peak_memory_stats(ctx.device)
     return metrics, episodes
 

@@ -1,0 +1,45 @@
+"""GPU-only: training's peak excludes the KV cache, and wake-up after a training step never fails
+(footgun 1). CPU CI skips these visibly; they run on the GPU machine."""
+
+import pytest
+import torch
+
+from picorl.cli import main
+from picorl.logging.metrics import read_jsonl
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_training_peak_excludes_kv_cache_and_wake_survives(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "train", "--model", "tiny-qwen3", "--k", "4", "--num-tasks", "2", "--max-tokens", "16",
+        "--eval-num-tasks", "4", "--eval-tiers", "1", "--sft-steps", "0", "--num-updates", "3",
+        "--kv-cache-gib", "4", "--name", "gpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    train = [r for r in read_jsonl(tmp_path / "runs/gpu/metrics.jsonl") if r["kind"] == "train"]
+    assert len(train) == 3  # three wake-ups after training steps, none failed
+    for row in train:
+        assert row["memory/kv_cache_gb"] > 3.5
+        # the tiny model trains in about 1 GB; were the 4 GiB cache counted, the peak would exceed 4
+        assert row["memory/peak_gb"] < row["memory/kv_cache_gb"] - 2, (
+            "the KV cache counted toward training's peak"
+        )
+
+
+def test_kv_cache_is_sized_after_the_first_training_step(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "train", "--model", "tiny-llama", "--k", "4", "--num-tasks", "2", "--max-tokens", "16",
+        "--eval-num-tasks", "4", "--eval-tiers", "1", "--sft-steps", "0", "--num-updates", "2",
+        "--kv-cache-fraction", "0.1", "--name", "sized",
+    ]  # fmt: skip
+    assert main(args) == 0
+    train = [r for r in read_jsonl(tmp_path / "runs/sized/metrics.jsonl") if r["kind"] == "train"]
+    free, total = torch.cuda.mem_get_info()
+    assert 0 < train[0]["engine/kv_cache_gb"] <= 0.1 * total / 2**30 + 0.1
+    assert train[1]["memory/kv_cache_gb"] == pytest.approx(train[0]["engine/kv_cache_gb"], rel=0.05)
