@@ -180,7 +180,9 @@ class RunConfig:
         25, "Save the adapter and a resumable checkpoint every N updates (0 = only at the end)."
     )
     samples_every: int = opt(1, "Write every rollout of every N-th update to samples.jsonl (0 = never).")
-    plot_every: int = opt(1, "Refresh training_curves.png every N updates.")
+    plot_interval_s: float = opt(
+        20.0, "Refresh training_curves.png at most this often (seconds; also after each eval and save)."
+    )
     resume: bool = opt(False, "Resume runs/NAME/ from its last checkpoint.")
     wandb: bool = opt(False, "Also log to Weights & Biases (offline works: set WANDB_MODE=offline).")
     wandb_project: str = opt("picorl", "Weights & Biases project.")
@@ -190,7 +192,7 @@ class RunConfig:
             self.name is None or ("/" not in self.name and self.name not in ("", ".", "..")),
             f"name must be a plain folder name, got {self.name!r}",
         )
-        for key in ("save_every", "samples_every", "plot_every"):
+        for key in ("save_every", "samples_every", "plot_interval_s"):
             check(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
 
 

@@ -114,7 +114,6 @@ def train(config: Config) -> Path:
         def save(step: int) -> None:
             save_checkpoint(run_dir, model, tokenizer, step, optimizer, scheduler, {})
             save_adapter(model, tokenizer, run_dir / "adapter")
-            plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png")
 
         if start == 0:
             if config.sft.sft_steps:
@@ -122,6 +121,8 @@ def train(config: Config) -> Path:
             run_eval(0)
             if total == 0:
                 save(0)
+                plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png")
+        last_plot = time.monotonic()  # plotting takes seconds: on a GPU that is as long as an update
         for update in range(start, total):
             step = update + 1
             metrics, episodes = rl_update(ctx, update)
@@ -136,12 +137,15 @@ def train(config: Config) -> Path:
             if config.run.samples_every and step % config.run.samples_every == 0:
                 logger.log_samples([sample_row(step, e) for e in episodes])
             progress.update(step, metrics)
-            if step == total or (config.eval.eval_every and step % config.eval.eval_every == 0):
+            evaluated = step == total or bool(config.eval.eval_every and step % config.eval.eval_every == 0)
+            saved = step == total or bool(config.run.save_every and step % config.run.save_every == 0)
+            if evaluated:
                 run_eval(step)
-            if step == total or (config.run.save_every and step % config.run.save_every == 0):
+            if saved:
                 save(step)
-            elif config.run.plot_every and step % config.run.plot_every == 0:
+            if evaluated or saved or time.monotonic() - last_plot >= config.run.plot_interval_s:
                 plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png")
+                last_plot = time.monotonic()
         logger.close()
         progress.print(f"done: {run_dir}")
     return run_dir
