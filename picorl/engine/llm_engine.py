@@ -28,8 +28,8 @@ from picorl.engine.prompts import check_prompts
 from picorl.engine.sampler import Sampler, make_sampler
 from picorl.engine.scheduler import Batch, Scheduler
 from picorl.engine.sequence import Sequence
-from picorl.engine.stopping import StopChecker, eos_token_ids
-from picorl.rollout.types import Completion, SamplingParams
+from picorl.engine.stopping import StopChecker
+from picorl.rollout.types import Completion, SamplingParams, eos_token_ids
 
 
 class LLMEngine:

@@ -12,19 +12,6 @@ MAX_TOKENS_PER_CHAR = 4
 TAIL_MARGIN = 8
 
 
-def eos_token_ids(model, tokenizer) -> set[int]:
-    """Every id that ends a turn: the tokenizer's EOS and the model's generation-config EOS ids."""
-    ids = set()
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(config_eos, int):
-        ids.add(config_eos)
-    elif config_eos:
-        ids.update(config_eos)
-    return ids
-
-
 class StopChecker:
     def __init__(self, params: SamplingParams, eos_ids: set[int], tokenizer) -> None:
         if params.stop_strings and tokenizer is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from picorl.rollout.types import Completion, SamplingParams
+from picorl.rollout.types import Completion, SamplingParams, eos_token_ids
 
 
 class HFEngine:
@@ -41,7 +41,7 @@ class HFEngine:
     def _generate_group(self, prompt: list[int], params: SamplingParams, n: int) -> list[Completion]:
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([prompt] * n, device=device)
-        eos_ids = _eos_ids(self.model, self.tokenizer)
+        eos_ids = eos_token_ids(self.model, self.tokenizer)
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos_ids)
         sampling = (
             {"do_sample": False}
@@ -90,14 +90,3 @@ class HFEngine:
             if text.endswith(stop):
                 return Completion(ids, logprobs, "stop", text, stop_reason=stop)
         return Completion(ids, logprobs, "length", text)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    """Every token id that ends a turn: the tokenizer's EOS and the generation config's."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(config_eos, int):
-        ids.add(config_eos)
-    elif config_eos:
-        ids.update(config_eos)
-    return ids
