@@ -77,3 +77,27 @@ def test_readme_config_reference_is_current():
     assert config_reference() in readme, (
         "regenerate the README's reference with picorl.cli.config_reference()"
     )
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert configs
+    for path in configs:
+        config = build_config(load_toml(path))
+        assert config.model.model
+    seed = build_config(load_toml(Path(__file__).parents[1] / "configs/seed-qwen3-4b.toml"))
+    assert (seed.model.lora_rank, seed.model.lora_alpha, seed.rollout.k, seed.rollout.num_tasks) == (
+        32,
+        64,
+        8,
+        8,
+    )
+    assert (seed.train.lr, seed.sft.sft_steps, seed.rollout.max_tokens, seed.env.train_difficulty) == (
+        5e-6,
+        50,
+        2048,
+        [6],
+    )
+    assert seed.algo.algo == "grpo" and seed.algo.scale_rewards == "none"
