@@ -75,10 +75,10 @@ def collect(ctx: UpdateContext, update: int) -> tuple[list[Episode], dict[str, f
 
 
 def _informative_groups(episodes: list[Episode]) -> set[int]:
-    rewards: dict[int, set[float]] = {}
-    for e in episodes:
-        rewards.setdefault(e.group, set()).add(e.reward)
-    return {g for g, r in rewards.items() if len(r) > 1}
+    """Groups whose rewards are not all equal (the only ones that carry a gradient)."""
+    rewards = torch.tensor([e.reward for e in episodes])
+    groups = torch.tensor([e.group for e in episodes])
+    return set(groups[~adv.zero_variance_mask(rewards, groups)].tolist())
 
 
 def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[Episode]]:
