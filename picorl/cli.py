@@ -74,7 +74,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="picorl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="picorl", description="RL from verifiable rewards (GRPO and relatives, LoRA) on one GPU."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help in (
         ("train", "RL training (GRPO and relatives) with optional SFT warm-up; writes runs/NAME/."),
