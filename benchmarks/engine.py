@@ -171,6 +171,9 @@ def main() -> None:
     parser.add_argument("--skip-generate", action="store_true", help="skip transformers generate")
     parser.add_argument("--no-compile", action="store_true", help="run the decoder layers eagerly")
     parser.add_argument("--no-fused-sampling", action="store_true", help="sample with the torch sampler")
+    parser.add_argument(
+        "--no-run-ahead", action="store_true", help="wait for each step's tokens before the next step"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -182,6 +185,7 @@ def main() -> None:
         kv_cache_fraction=args.kv_cache_fraction,
         compile=not args.no_compile,
         fused_sampling=not args.no_fused_sampling,
+        run_ahead=not args.no_run_ahead,
     )
     engine = LLMEngine(model, config=config)
     spec = engine.spec

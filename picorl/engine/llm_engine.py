@@ -25,9 +25,10 @@ from picorl.engine.decode_inputs import DecodeInputBuilder
 from picorl.engine.kv_cache import KVCache, KVStorage, block_bytes, budget_bytes, make_kv_storage
 from picorl.engine.model_runner import LayerSteps, ModelRunner
 from picorl.engine.prompts import check_prompts
-from picorl.engine.sampler import Sampler, make_sampler
+from picorl.engine.sampler import make_sampler
 from picorl.engine.scheduler import Batch, Scheduler
 from picorl.engine.sequence import Sequence
+from picorl.engine.step_loop import run_to_completion
 from picorl.engine.stopping import StopChecker
 from picorl.rollout.types import Completion, SamplingParams, eos_token_ids
 
@@ -100,7 +101,8 @@ class LLMEngine:
         with _eval_inference(self.model):
             self._ensure_compiled()
             self._ensure_graphs()
-            done, step_stats = self._run_to_completion(scheduler, stop, sampler)
+            self.builder.reset()
+            done, step_stats = run_to_completion(scheduler, stop, sampler, self._run, self.config.run_ahead)
         seconds = perf_counter() - start
         tokens = sum(s.num_completion_tokens for s in done)
         self.last_stats = {
@@ -204,43 +206,6 @@ class LLMEngine:
         )
 
     # --- running -----------------------------------------------------------------------------------
-
-    def _run_to_completion(
-        self, scheduler: Scheduler, stop: StopChecker, sampler: Sampler
-    ) -> tuple[list[Sequence], dict[str, float]]:
-        """Step until every sequence has finished; returns them and step statistics (prefilled
-        tokens; prefill / decode steps and their wall seconds, host work included: each step ends
-        waiting for its sampled tokens, so its wall time is its whole cost)."""
-        done: list[Sequence] = []
-        stats = dict.fromkeys(("prefill_tokens", "prefill_steps", "prefill_s", "decode_steps", "decode_s"), 0)
-        self.builder.reset()
-        decoded = None  # ids sampled at the last decode step, on the device: the next step's inputs
-        while not scheduler.is_finished():
-            step_start = perf_counter()
-            batch = scheduler.schedule()
-            stats["prefill_tokens"] += batch.num_tokens if batch.is_prefill else 0
-            logits = self._run(batch, decoded)
-            if batch.rows != list(range(len(batch.seqs))):  # forked samples share their prompt's row
-                logits = logits[torch.tensor(batch.rows, device=logits.device)]
-            ids, logprobs = sampler(logits)
-            if not batch.is_prefill:
-                decoded = ids
-            # both to the host with one wait, not one per tensor
-            ids_host, logprobs_host = ids.to("cpu", non_blocking=True), logprobs.to("cpu", non_blocking=True)
-            if ids.device.type == "cuda":
-                torch.cuda.current_stream(ids.device).synchronize()
-            for seq, token, logprob in zip(batch.targets, ids_host.tolist(), logprobs_host.tolist()):
-                seq.token_ids.append(token)
-                seq.logprobs.append(logprob)
-                finished = stop(seq)
-                if finished is not None:
-                    seq.finish_reason, seq.stop_reason = finished
-                    scheduler.finish(seq)
-                    done.append(seq)
-            kind = "prefill" if batch.is_prefill else "decode"
-            stats[f"{kind}_steps"] += 1
-            stats[f"{kind}_s"] += perf_counter() - step_start
-        return done, stats
 
     def _run(self, batch: Batch, decoded: torch.Tensor | None) -> torch.Tensor:
         if batch.is_prefill:
