@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from picorl.models.loading import unwrap_hf_model
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
@@ -29,27 +31,14 @@ class ModelSpec:
     device: torch.device
 
 
-def causal_lm(model: nn.Module) -> nn.Module:
-    """The transformers causal LM inside PEFT / torch.compile wrappers."""
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTuner
-
-    while True:
-        if isinstance(model, PeftModel):
-            model = model.get_base_model()
-        elif isinstance(model, BaseTuner):
-            model = model.model
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
-
-
 def inspect_model(model: nn.Module) -> ModelSpec:
     """Shape facts of a supported model; a clear error for anything else."""
     import transformers
 
-    lm = causal_lm(model)
+    try:
+        lm = unwrap_hf_model(model)
+    except TypeError:
+        lm = model  # not a transformers model at all: reported as unsupported below
     classes = tuple(getattr(transformers, name) for name in SUPPORTED_ARCHITECTURES)
     if not isinstance(lm, classes):
         raise ValueError(

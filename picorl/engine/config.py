@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from picorl.options import check
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -38,48 +40,48 @@ class EngineConfig:
     kv_storage: str = "auto"  # auto (CUDA virtual memory when available) | vmm | torch
 
     def __post_init__(self) -> None:
-        _check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}")
-        _check(self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
-        _check(
+        check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}")
+        check(self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        check(
             self.max_num_batched_tokens >= 1,
             f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}",
         )
-        _check(
+        check(
             self.kv_cache_gib is None or self.kv_cache_gib > 0,
             f"kv_cache_gib must be > 0, got {self.kv_cache_gib}",
         )
-        _check(
+        check(
             self.kv_cache_fraction is None or 0 < self.kv_cache_fraction <= 1,
             f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}",
         )
-        _check(
+        check(
             self.num_blocks is None or self.num_blocks >= 1, f"num_blocks must be >= 1, got {self.num_blocks}"
         )
-        _check(
+        check(
             self.max_model_len is None or self.max_model_len >= 2,
             f"max_model_len must be >= 2, got {self.max_model_len}",
         )
-        _check(
+        check(
             self.decode_attention in ("auto", "triton", "torch"),
             f"decode_attention must be auto|triton|torch, got {self.decode_attention!r}",
         )
-        _check(
+        check(
             self.compile_mode in ("default", "max-autotune-no-cudagraphs"),
             f"compile_mode must be default|max-autotune-no-cudagraphs, got {self.compile_mode!r}",
         )
-        _check(
+        check(
             self.kv_storage in ("auto", "vmm", "torch"),
             f"kv_storage must be auto|vmm|torch, got {self.kv_storage!r}",
         )
         if isinstance(self.dtype, str):
-            _check(
+            check(
                 self.dtype in DTYPES,
                 f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {self.dtype!r}",
             )
             self.dtype = DTYPES[self.dtype]
         if self.cuda_graph_batch_sizes is not None:
             sizes = tuple(sorted(set(self.cuda_graph_batch_sizes)))
-            _check(bool(sizes) and sizes[0] >= 1, f"cuda_graph_batch_sizes must be positive, got {sizes}")
+            check(bool(sizes) and sizes[0] >= 1, f"cuda_graph_batch_sizes must be positive, got {sizes}")
             self.cuda_graph_batch_sizes = sizes
 
     def graph_batch_sizes(self) -> tuple[int, ...]:
@@ -88,8 +90,3 @@ class EngineConfig:
             return self.cuda_graph_batch_sizes
         sizes = [1, 2, 4, 8] + list(range(16, self.max_num_seqs + 1, 16))
         return tuple(sorted({s for s in sizes if s < self.max_num_seqs} | {self.max_num_seqs}))
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)

@@ -135,12 +135,6 @@ class KVCache:
         self.keys = [self.kv[0, i] for i in range(num_layers)]
         self.values = [self.kv[1, i] for i in range(num_layers)]
 
-    @staticmethod
-    def num_bytes(
-        num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype
-    ) -> int:
-        return block_bytes(num_layers, block_size, num_kv_heads, head_dim, dtype) * (num_blocks + 1)
-
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy whole blocks (all layers, K and V): ``copies`` holds (source, destination) pairs."""
         if not copies:

@@ -160,22 +160,20 @@ class LLMEngine:
         self.sleeping = False
 
     @property
-    def kv_cache_bytes(self) -> int:
+    def block_bytes(self) -> int:
+        """Bytes of K and V for one block across all layers."""
         spec = self.spec
-        return KVCache.num_bytes(
-            spec.num_layers,
-            self.num_blocks,
-            self.config.block_size,
-            spec.num_kv_heads,
-            spec.head_dim,
-            self.kv_dtype,
+        return block_bytes(
+            spec.num_layers, self.config.block_size, spec.num_kv_heads, spec.head_dim, self.kv_dtype
         )
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.block_bytes * (self.num_blocks + 1)  # + the null block
 
     def _allocate(self) -> None:
         spec, cfg = self.spec, self.config
-        per_block = block_bytes(
-            spec.num_layers, cfg.block_size, spec.num_kv_heads, spec.head_dim, self.kv_dtype
-        )
+        per_block = self.block_bytes
         if cfg.num_blocks is not None:
             self.num_blocks = cfg.num_blocks
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from picorl.algos.losses import hidden_token_logprobs, token_logprobs
-from picorl.train.policy import causal_lm
+from picorl.models.loading import unwrap_hf_model
 
 CHUNK_POSITIONS = 1024  # positions per head+log-softmax chunk: 1024 x 152k vocab x 4 B = 0.6 GB fp32
 
@@ -31,7 +31,7 @@ def chosen_token_logprobs(
     matching the distribution the engine sampled from. With ``return_hidden`` also returns the final
     hidden states (for a value head).
     """
-    lm = causal_lm(model)
+    lm = unwrap_hf_model(model)
     hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     idx = positions[:, 1:].nonzero(as_tuple=True)  # (batch index, position - 1) of every chosen token
     states = hidden[:, :-1][idx]

@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
+
+from picorl.models.loading import unwrap_hf_model
 
 if TYPE_CHECKING:
     from picorl.config import ModelConfig
-
-
-def causal_lm(model):
-    """The transformers CausalLM inside a PEFT wrapper (found by type, never by parameter name)."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def make_policy(model, config: ModelConfig):
@@ -41,7 +38,9 @@ def make_policy(model, config: ModelConfig):
         except ValueError as e:
             raise ValueError(f"could not apply LoRA with target modules {targets!r}: {e}") from None
     if config.gradient_checkpointing:
-        causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        unwrap_hf_model(model).gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
         if not config.full_finetune:
             model.enable_input_require_grads()
     model.config.use_cache = False
