@@ -172,6 +172,9 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="run the decoder layers eagerly")
     parser.add_argument("--no-fused-sampling", action="store_true", help="sample with the torch sampler")
     parser.add_argument(
+        "--no-fuse-projections", action="store_true", help="one GEMM per projection (q, k, v, gate, up)"
+    )
+    parser.add_argument(
         "--no-run-ahead", action="store_true", help="wait for each step's tokens before the next step"
     )
     args = parser.parse_args()
@@ -186,6 +189,7 @@ def main() -> None:
         compile=not args.no_compile,
         fused_sampling=not args.no_fused_sampling,
         run_ahead=not args.no_run_ahead,
+        fuse_projections=not args.no_fuse_projections,
     )
     engine = LLMEngine(model, config=config)
     spec = engine.spec

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 # size stays within this factor of the real tokens (fewer, larger SDPA calls vs wasted compute).
 PAD_SLACK = 1.25
 
-DecodeAttention = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor
-]
+# (q, k, v, slots, k_cache, v_cache, block_tables, context_lens, scale) -> out: one decode step's
+# attention, storing its new K/V (``k, v [B, kv_heads, head_dim]``) at ``slots`` first.
+DecodeAttention = Callable[..., torch.Tensor]
 
 
 def store_kv(
@@ -108,16 +108,51 @@ def paged_decode_attention_torch(
     return out.reshape(batch, heads, dim).to(q.dtype)
 
 
+def store_and_attend_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slots: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """A :data:`DecodeAttention`: ``store_kv``, then :func:`paged_decode_attention_torch`."""
+    store_kv(k_cache, v_cache, k, v, slots)
+    return paged_decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, scale)
+
+
+def store_and_attend_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slots: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """A :data:`DecodeAttention`: the Triton kernel stores the new K/V itself (one launch a layer)."""
+    from picorl.engine.triton_decode import paged_decode_attention
+
+    return paged_decode_attention(
+        q, k_cache, v_cache, block_tables, context_lens, scale, new_kv=(k, v, slots)
+    )
+
+
 def decode_attention_backend(name: str, device: torch.device) -> DecodeAttention:
     """``torch``, ``triton`` (``picorl.engine.triton_decode``), or ``auto``: Triton on CUDA when available."""
     if name == "torch" or (name == "auto" and device.type != "cuda"):
-        return paged_decode_attention_torch
-    from picorl.engine.triton_decode import paged_decode_attention, triton_available
+        return store_and_attend_torch
+    from picorl.engine.triton_decode import triton_available
 
     if triton_available() and device.type == "cuda":
-        return paged_decode_attention
+        return store_and_attend_triton
     if name == "triton":
         raise ValueError(
             f"decode_attention='triton' needs Triton and a CUDA device (model on {device}); use 'auto' or 'torch'"
         )
-    return paged_decode_attention_torch
+    return store_and_attend_torch

@@ -21,7 +21,7 @@ from time import perf_counter
 
 import torch
 
-from picorl.engine.model_runner import LayerSteps, final_logits, post_attention, pre_attention
+from picorl.engine.model_runner import LayerSteps, ModelRunner, final_logits, post_attention, pre_attention
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 # Each architecture x dtype x adapter state x {batch 1, any batch} is one entry per compiled
@@ -58,13 +58,14 @@ def _token_dynamic(compiled: Callable) -> Callable:
     return call
 
 
-def warm_up(steps: LayerSteps, lm: torch.nn.Module, num_tokens: int) -> float:
-    """Compile ``steps`` for ``lm`` now, on the first layer; returns the seconds it took.
+def warm_up(runner: ModelRunner, num_tokens: int) -> float:
+    """Compile the runner's steps now, on its first layer; returns the seconds it took.
 
     ``num_tokens`` (e.g. the largest decode batch) is the size the any-length graph is tuned at
     (kernel configurations are benchmarked at the first call); 1 token gets its own graph. Raises
     whatever torch.compile raises, so a caller can fall back to the eager modules.
     """
+    steps, lm, fusion = runner.steps, runner.spec.lm, runner.fusion[0]
     model = lm.model
     layer = model.layers[0]
     attn = layer.self_attn
@@ -73,9 +74,9 @@ def warm_up(steps: LayerSteps, lm: torch.nn.Module, num_tokens: int) -> float:
     for n in (max(num_tokens, 2), 1):
         hidden = torch.randn(n, lm.config.hidden_size, dtype=param.dtype, device=param.device)
         cos, sin = model.rotary_emb(hidden, torch.arange(n, device=param.device)[None])
-        q, _, _ = steps.pre_attention(layer, hidden, cos[0, :, None, :], sin[0, :, None, :])
+        q, _, _ = steps.pre_attention(layer, hidden, cos[0, :, None, :], sin[0, :, None, :], fusion.qkv)
         out = torch.zeros(n, q.shape[1], attn.head_dim, dtype=q.dtype, device=q.device)
-        steps.post_attention(layer, hidden, out)
+        steps.post_attention(layer, hidden, out, fusion.gate_up)
         steps.final_logits(model.norm, lm.lm_head, hidden)
     if param.device.type == "cuda":
         torch.cuda.synchronize(param.device)

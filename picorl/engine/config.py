@@ -34,6 +34,9 @@ class EngineConfig:
     cuda_graph_batch_sizes: tuple[int, ...] | None = None  # None: 1, 2, 4, 8, 16, 32, ... up to max_num_seqs
     compile: bool | None = None  # torch.compile the modules between attention calls; None: on for CUDA
     compile_mode: str = "default"  # or "max-autotune-no-cudagraphs" (much longer compile)
+    # lay each layer's q/k/v (and gate/up) weights out in one buffer, still the trainer's parameters,
+    # so one GEMM computes them (``picorl.engine.fused_linear``)
+    fuse_projections: bool = True
     run_ahead: bool = True  # launch decode step t+1 before step t's tokens reach the host (step_loop)
     fused_sampling: bool = True  # one-pass Triton sampler on CUDA (without top-k / top-p)
     decode_attention: str = "auto"  # auto (Triton on CUDA when importable, else torch) | triton | torch

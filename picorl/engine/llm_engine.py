@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from picorl.engine.architecture import inspect_model, weights_signature
-from picorl.engine.attention import decode_attention_backend, paged_decode_attention_torch
+from picorl.engine.attention import decode_attention_backend, store_and_attend_torch
 from picorl.engine.block_manager import BlockManager
 from picorl.engine.compiled import compiled_steps, warm_up
 from picorl.engine.config import EngineConfig
@@ -53,6 +53,7 @@ class LLMEngine:
             self.spec,
             decode_attention_backend(self.config.decode_attention, self.spec.device),
             compiled_steps(self.config.compile_mode) if self.use_compile else None,
+            fuse_projections=self.config.fuse_projections,
         )
         self.use_cuda_graphs = self._resolve_cuda_graphs()
         self.builder: DecodeInputBuilder | None = None
@@ -98,6 +99,7 @@ class LLMEngine:
         )
         for i, prompt in enumerate(prompts):
             scheduler.add(Sequence(list(prompt), len(prompt), i, list(range(n))))
+        self.runner.refresh_fusion()  # outside inference mode: it may re-home trainable weights
         with _eval_inference(self.model):
             self._ensure_compiled()
             self._ensure_graphs()
@@ -224,7 +226,7 @@ class LLMEngine:
         if not self.use_compile or "compile_s" in self.setup_stats:
             return
         try:
-            self.setup_stats["compile_s"] = warm_up(self.runner.steps, self.spec.lm, self.config.max_num_seqs)
+            self.setup_stats["compile_s"] = warm_up(self.runner, self.config.max_num_seqs)
         except Exception as e:  # any compiler failure: the eager modules compute the same
             self._disable_compile(e)
 
@@ -241,13 +243,14 @@ class LLMEngine:
         if wanted and not on_cuda:
             raise ValueError(f"cuda_graphs=True needs a CUDA device; the model is on {self.spec.device}")
         if wanted is None:  # the torch decode attention reads max_model_len keys per row inside a graph
-            return on_cuda and self.runner.decode_attention is not paged_decode_attention_torch
+            return on_cuda and self.runner.decode_attention is not store_and_attend_torch
         return wanted
 
     def _ensure_graphs(self) -> None:
         if not self.use_cuda_graphs:
             return
-        signature = (self.kv.data_ptr, weights_signature(self.spec.lm))
+        fused = tuple((f.qkv is not None, f.gate_up is not None) for f in self.runner.fusion)
+        signature = (self.kv.data_ptr, weights_signature(self.spec.lm), fused)
         if self.graphs is not None and signature == self.graphs_signature:
             return
         self.graphs = None

@@ -19,6 +19,13 @@ from torch import nn
 
 from picorl.engine.architecture import ModelSpec
 from picorl.engine.attention import DecodeAttention, prefill_attention, store_kv
+from picorl.engine.fused_linear import (
+    FusedWeights,
+    adapters_supported,
+    fuse_weights,
+    fused_forward,
+    is_intact,
+)
 from picorl.engine.kv_cache import KVCache
 from picorl.engine.sequence import Sequence
 
@@ -36,13 +43,46 @@ class DecodeInputs:
     context_lens: torch.Tensor  # [B] int32, cached tokens including this one
 
 
+@dataclass
+class LayerFusion:
+    """A layer's projections that run as one GEMM this call (None: the modules are called)."""
+
+    qkv: FusedWeights | None = None
+    gate_up: FusedWeights | None = None
+
+
 class ModelRunner:
     def __init__(
-        self, spec: ModelSpec, decode_attention: DecodeAttention, steps: LayerSteps | None = None
+        self,
+        spec: ModelSpec,
+        decode_attention: DecodeAttention,
+        steps: LayerSteps | None = None,
+        fuse_projections: bool = False,
     ) -> None:
         self.spec = spec
         self.decode_attention = decode_attention
         self.steps = steps or LayerSteps()
+        self.fuse_projections = fuse_projections
+        self.buffers: list[list[FusedWeights | None]] = []  # per layer: q/k/v, gate/up (fused_linear)
+        self.fusion = [LayerFusion() for _ in range(spec.num_layers)]
+
+    def refresh_fusion(self) -> None:
+        """Before each generate: re-home any projection group whose weights no longer live in their
+        fused buffer (first call, ``model.to``, a safe merge...), then fuse each group whose current
+        adapters ``fused_forward`` reproduces; the others call their modules."""
+        if not self.fuse_projections:
+            return
+        layers = self.spec.lm.model.layers
+        if not self.buffers:
+            self.buffers = [[None, None] for _ in layers]
+        for i, layer in enumerate(layers):
+            usable: list[FusedWeights | None] = []
+            for g, modules in enumerate(projection_groups(layer)):
+                fused = self.buffers[i][g]
+                if fused is None or not is_intact(fused, modules):
+                    self.buffers[i][g] = fused = fuse_weights(modules)
+                usable.append(fused if fused is not None and adapters_supported(modules) else None)
+            self.fusion[i] = LayerFusion(*usable)
 
     def prefill(self, seqs: list[Sequence], kv: KVCache) -> torch.Tensor:
         """Run every token of each sequence from position 0, filling its blocks; returns the logits
@@ -50,23 +90,21 @@ class ModelRunner:
         bs = kv.block_size
         ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
+        slot_ids: list[int] = []
         for seq in seqs:
             ids += seq.token_ids
             positions += range(len(seq))
-            slots += [seq.block_table[p // bs] * bs + p % bs for p in range(len(seq))]
+            slot_ids += [seq.block_table[p // bs] * bs + p % bs for p in range(len(seq))]
         seq_lens = [len(s) for s in seqs]
         device = self.spec.device
+        slots = torch.tensor(slot_ids, device=device)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            store_kv(kv.keys[layer], kv.values[layer], k, v, slots)
             return prefill_attention(q, k, v, seq_lens, self.spec.scale)
 
         hidden = self.forward(
-            torch.tensor(ids, device=device),
-            torch.tensor(positions, device=device),
-            torch.tensor(slots, device=device),
-            kv,
-            attend,
+            torch.tensor(ids, device=device), torch.tensor(positions, device=device), attend
         )
         last = torch.tensor(seq_lens, device=device).cumsum(0) - 1
         return self.logits(hidden[last])
@@ -93,6 +131,9 @@ class ModelRunner:
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             out = self.decode_attention(
                 q.to(kv.dtype),
+                k,
+                v,
+                inputs.slots,
                 kv.keys[layer],
                 kv.values[layer],
                 inputs.block_tables,
@@ -101,26 +142,20 @@ class ModelRunner:
             )
             return out.to(q.dtype)
 
-        hidden = self.forward(inputs.input_ids, inputs.positions, inputs.slots, kv, attend)
+        hidden = self.forward(inputs.input_ids, inputs.positions, attend)
         return self.logits(hidden)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        slots: torch.Tensor,
-        kv: KVCache,
-        attend: Attend,
-    ) -> torch.Tensor:
-        """Hidden states ``[N, hidden]`` after the last decoder layer (before the final norm)."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Hidden states ``[N, hidden]`` after the last decoder layer (before the final norm).
+        ``attend(layer, q, k, v)`` stores the tokens' K/V in the cache and returns the attention output."""
         model = self.spec.lm.model
         hidden = model.embed_tokens(input_ids)
         cos, sin = model.rotary_emb(hidden, positions[None])
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # broadcast over heads
         for i, layer in enumerate(model.layers):
-            q, k, v = self.steps.pre_attention(layer, hidden, cos, sin)
-            store_kv(kv.keys[i], kv.values[i], k, v, slots)
-            hidden = self.steps.post_attention(layer, hidden, attend(i, q, k, v))
+            fusion = self.fusion[i]
+            q, k, v = self.steps.pre_attention(layer, hidden, cos, sin, fusion.qkv)
+            hidden = self.steps.post_attention(layer, hidden, attend(i, q, k, v), fusion.gate_up)
         return hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -128,25 +163,47 @@ class ModelRunner:
         return self.steps.final_logits(lm.model.norm, lm.lm_head, hidden)
 
 
+def projection_groups(layer: nn.Module) -> list[tuple[nn.Module, ...]]:
+    """The projections of a decoder layer that read the same input: q/k/v, and gate/up."""
+    attn, mlp = layer.self_attn, layer.mlp
+    return [(attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj)]
+
+
 def pre_attention(
-    layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    qkv: FusedWeights | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A decoder layer up to attention: q, k, v ``[N, heads, head_dim]``, rotary applied."""
+    """A decoder layer up to attention: q, k, v ``[N, heads, head_dim]``, rotary applied (v may be a
+    strided view). ``qkv``: the q/k/v weights' fused buffer, for one GEMM instead of three."""
     attn = layer.self_attn
     n, dim = hidden.shape[0], attn.head_dim
     x = layer.input_layernorm(hidden)
-    q = attn.q_proj(x).view(n, -1, dim)
-    k = attn.k_proj(x).view(n, -1, dim)
-    v = attn.v_proj(x).view(n, -1, dim)
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    if qkv is None:
+        q, k, v = (p(x) for p in projections)
+    else:
+        q, k, v = fused_forward(qkv, projections, x)
+    q, k, v = q.view(n, -1, dim), k.view(n, -1, dim), v.view(n, -1, dim)
     if hasattr(attn, "q_norm"):  # Qwen3 normalizes q and k per head before the rotary embedding
         q, k = attn.q_norm(q), attn.k_norm(k)
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
 
-def post_attention(layer: nn.Module, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-    """The rest of a decoder layer: output projection, residual, MLP, residual."""
+def post_attention(
+    layer: nn.Module, hidden: torch.Tensor, attn_out: torch.Tensor, gate_up: FusedWeights | None = None
+) -> torch.Tensor:
+    """The rest of a decoder layer: output projection, residual, MLP, residual. ``gate_up``: the
+    gate/up weights' fused buffer, for one GEMM instead of two."""
     hidden = hidden + layer.self_attn.o_proj(attn_out.reshape(hidden.shape[0], -1))
-    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    x = layer.post_attention_layernorm(hidden)
+    mlp = layer.mlp
+    if gate_up is None:
+        return hidden + mlp(x)
+    gate, up = fused_forward(gate_up, (mlp.gate_proj, mlp.up_proj), x)
+    return hidden + mlp.down_proj(mlp.act_fn(gate) * up)
 
 
 def final_logits(norm: nn.Module, lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

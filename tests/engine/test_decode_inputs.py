@@ -33,7 +33,7 @@ def test_builder_equals_the_list_reference_step_by_step() -> None:
     for i in range(8):
         prompt = [rng.randrange(1000) for _ in range(rng.randint(1, 12))]
         scheduler.add(Sequence(prompt, len(prompt), i, list(range(rng.randint(1, 3)))))
-    reference = ModelRunner(SimpleNamespace(device=torch.device("cpu")), None)
+    reference = ModelRunner(SimpleNamespace(device=torch.device("cpu"), num_layers=0), None)
     kv = SimpleNamespace(block_size=BLOCK_SIZE, null_block=NUM_BLOCKS)
     builder = CountingBuilder(BLOCK_SIZE, NUM_BLOCKS, torch.device("cpu"))
     sampled = None

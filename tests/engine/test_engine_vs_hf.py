@@ -13,12 +13,14 @@ LENGTHS = [3, 4, 7, 9, 16, 1]  # block_size 4: partial and full last blocks, and
 CONFIG = dict(block_size=4, num_blocks=256)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_greedy_equals_transformers_generate(arch, tiny_model, random_prompts, hf_greedy) -> None:
+@pytest.mark.parametrize(
+    ("arch", "fuse"), [("llama", True), ("qwen2", True), ("qwen3", True), ("qwen2", False), ("qwen3", False)]
+)
+def test_greedy_equals_transformers_generate(arch, fuse, tiny_model, random_prompts, hf_greedy) -> None:
     model = tiny_model(arch)
     eos = model.generation_config.eos_token_id
     prompts = random_prompts(LENGTHS)
-    engine = LLMEngine(model, None, EngineConfig(**CONFIG))
+    engine = LLMEngine(model, None, EngineConfig(**CONFIG, fuse_projections=fuse))
     out = engine.generate(prompts, SamplingParams(max_tokens=20, temperature=0))
     for prompt, (completion,) in zip(prompts, out):
         expected = hf_greedy(model, prompt, 20)
@@ -32,6 +34,8 @@ def test_greedy_equals_transformers_generate(arch, tiny_model, random_prompts, h
     stats = engine.last_stats
     assert stats["prefill_steps"] == 1 and stats["decode_steps"] == max(len(c[0].token_ids) for c in out) - 1
     assert 0 < stats["prefill_s"] + stats["decode_s"] <= stats["seconds"]
+    fused = [f.qkv is not None and f.gate_up is not None for f in engine.runner.fusion]
+    assert fused == [fuse] * len(fused), "fuse_projections decides whether the projections run as one GEMM"
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])

@@ -22,7 +22,8 @@ def lora_model(tiny_model):
 
 
 class ReadRecorder(TorchFunctionMode):
-    """Every tensor any torch function reads during the block, and the storages functions produce."""
+    """Every tensor a torch computation reads during the block (calls that return no tensor, such as
+    ``data_ptr`` or ``dtype``, read no values and are not counted), and the storages they produce."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,11 +32,13 @@ class ReadRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        flat, _ = torch.utils._pytree.tree_flatten((args, kwargs))
-        self.read += [t for t in flat if isinstance(t, torch.Tensor)]
         result = func(*args, **kwargs)
-        for t in torch.utils._pytree.tree_flatten(result)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+        outputs = [t for t in torch.utils._pytree.tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
+        if outputs:
+            flat, _ = torch.utils._pytree.tree_flatten((args, kwargs))
+            self.read += [t for t in flat if isinstance(t, torch.Tensor)]
+        for t in outputs:
+            if t.device.type != "meta":
                 self.produced.add(t.untyped_storage().data_ptr())
         return result
 
@@ -43,14 +46,28 @@ class ReadRecorder(TorchFunctionMode):
 def test_every_weight_read_is_the_trainers_tensor(lora_model, random_prompts) -> None:
     model = lora_model
     engine = LLMEngine(model, None, EngineConfig(**CONFIG))
-    engine.wake_up()  # allocate the KV cache outside the recording
-    params = {id(p): p for p in model.parameters()}
+    engine.generate(random_prompts([3]), GREEDY)  # KV cache and fused projections set up first
     owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     owned.add(engine.kv.kv.untyped_storage().data_ptr())
     with ReadRecorder() as rec:
         engine.generate(random_prompts([5, 9]), GREEDY, n=2)
     read_params = {id(t) for t in rec.read if isinstance(t, torch.nn.Parameter)}
-    assert read_params == set(params), "every parameter, LoRA A/B and base weights alike, is read in place"
+    read_storages = {t.untyped_storage().data_ptr() for t in rec.read}
+    unread = [
+        name
+        for name, p in model.named_parameters()
+        if id(p) not in read_params and p.untyped_storage().data_ptr() not in read_storages
+    ]
+    assert not unread, (
+        "every parameter, LoRA A/B and base weights alike, is read in place or in its fused buffer"
+    )
+    fused = [f for layer in engine.runner.fusion for f in (layer.qkv, layer.gate_up)]
+    assert all(f is not None for f in fused), "plain LoRA layers run their base weights as one GEMM"
+    attn = model.base_model.model.model.layers[0].self_attn
+    assert (
+        attn.k_proj.base_layer.weight.untyped_storage().data_ptr()
+        == fused[0].weight.untyped_storage().data_ptr()
+    )
     foreign = [
         tuple(t.shape)
         for t in rec.read
@@ -72,6 +89,44 @@ def test_an_optimizer_step_shows_in_the_next_rollout_without_sync(
     model(ids, labels=ids).loss.neg().backward()  # push away from what it generated
     optimizer.step()
     after = engine.generate(prompts, GREEDY)
+    assert [g[0].token_ids for g in after] != [g[0].token_ids for g in before]
+    for prompt, group in zip(prompts, after):
+        assert group[0].token_ids == hf_greedy(model, prompt, 12)
+
+
+def test_full_fine_tuning_through_fused_projections_shows_in_the_next_rollout(
+    tiny_model, random_prompts, hf_greedy
+) -> None:
+    """No LoRA: the optimizer updates q/k/v and gate/up in place, inside the buffers the engine reads."""
+    model = tiny_model("qwen2")  # q/k/v biases live in a fused buffer too
+    engine = LLMEngine(model, None, EngineConfig(**CONFIG))
+    prompts = random_prompts([6, 10])
+    before = engine.generate(prompts, GREEDY)
+    fused = engine.runner.fusion[0].qkv
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2)  # created after fusion: same Parameters
+    ids = torch.tensor([prompts[0] + before[0][0].token_ids])
+    model.train()
+    model(ids, labels=ids).loss.neg().backward()
+    optimizer.step()
+    model.eval()
+    after = engine.generate(prompts, GREEDY)
+    assert engine.runner.fusion[0].qkv is fused, "in-place updates keep the buffers: nothing re-fused"
+    assert [g[0].token_ids for g in after] != [g[0].token_ids for g in before]
+    for prompt, group in zip(prompts, after):
+        assert group[0].token_ids == hf_greedy(model, prompt, 12)
+
+
+def test_a_weight_given_new_storage_is_fused_again(tiny_model, random_prompts, hf_greedy) -> None:
+    model = tiny_model("qwen3")
+    engine = LLMEngine(model, None, EngineConfig(**CONFIG))
+    prompts = random_prompts([6, 10])
+    before = engine.generate(prompts, GREEDY)
+    k_proj = model.model.layers[1].self_attn.k_proj
+    with torch.no_grad():
+        k_proj.weight.data = torch.randn_like(k_proj.weight) * 0.5  # e.g. a safe merge or a reload
+    after = engine.generate(prompts, GREEDY)
+    fused = engine.runner.fusion[1].qkv
+    assert k_proj.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()
     assert [g[0].token_ids for g in after] != [g[0].token_ids for g in before]
     for prompt, group in zip(prompts, after):
         assert group[0].token_ids == hf_greedy(model, prompt, 12)

@@ -173,3 +173,65 @@ def test_cpu_tensors_are_refused_with_a_pointer_to_the_torch_path():
     lens = torch.tensor([3, 5], dtype=torch.int32)
     with pytest.raises((RuntimeError, ValueError), match="torch attention"):
         paged_decode_attention(q, cache, cache, tables, lens, 0.125)
+
+
+def last_slots(tables: torch.Tensor, lens: torch.Tensor, page: int) -> torch.Tensor:
+    """Flat cache slot of each row's last token (a padding row of length 0 gets slot 0, unused)."""
+    last = (lens.long() - 1).clamp(min=0)
+    return tables.long().gather(1, (last // page)[:, None])[:, 0] * page + last % page
+
+
+def check_new_kv(lens, num_splits=None, dtype=torch.bfloat16, num_heads=32, num_kv_heads=8, head_dim=128):
+    """The kernel storing the new token's K/V itself == store_kv, then attention without new_kv."""
+    from picorl.engine.attention import store_kv
+
+    gen = torch.Generator(device="cuda").manual_seed(len(lens) * 7 + (num_splits or 0))
+    q, k, v, tables, lens_t = make_inputs(lens, num_heads, num_kv_heads, head_dim, dtype, gen=gen)
+    k_new = torch.randn(len(lens), num_kv_heads, head_dim, device="cuda", dtype=dtype, generator=gen)
+    qkv_new = torch.randn(len(lens), 2, num_kv_heads, head_dim, device="cuda", dtype=dtype, generator=gen)
+    v_new = qkv_new[:, 1]  # a strided view, as a slice of a fused projection output would be
+    slots = last_slots(tables, lens_t, k.shape[1])
+    live = lens_t > 0
+    k_ref, v_ref = k.clone(), v.clone()
+    store_kv(k_ref, v_ref, k_new[live], v_new[live], slots[live])
+    ref = reference_decode(q, k_ref, v_ref, tables, lens_t, 0.09)
+    out = torch.full_like(q, float("nan"))
+    paged_decode_attention(
+        q, k, v, tables, lens_t, 0.09, new_kv=(k_new, v_new, slots), out=out, num_splits=num_splits
+    )
+    assert torch.equal(k, k_ref) and torch.equal(v, v_ref), (
+        "the kernel wrote the new K/V exactly where store_kv does"
+    )
+    assert torch.isfinite(out).all()
+    assert rel_error(out, ref) < TOLERANCE[dtype]
+    plain = paged_decode_attention(q, k_ref, v_ref, tables, lens_t, 0.09, num_splits=num_splits)
+    assert rel_error(out, plain.double()) < TOLERANCE[dtype] / 4  # same rounding up to summation order
+
+
+@gpu
+@pytest.mark.parametrize("num_splits", [1, 3, None])
+def test_new_kv_is_stored_and_attended_like_store_then_attend(num_splits):
+    # length 1 (only the new token), page and tile edges, long
+    check_new_kv([1, 2, 16, 17, 64, 65, 1000, 2049], num_splits=num_splits)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_new_kv_in_other_dtypes_and_gqa(dtype):
+    check_new_kv([1, 30, 300], dtype=dtype, num_heads=12, num_kv_heads=4, head_dim=64)
+
+
+@gpu
+def test_new_kv_skips_padding_rows_and_more_splits_than_tiles():
+    check_new_kv([0, 5, 0, 70], num_splits=16)
+
+
+@gpu
+def test_new_kv_bad_shapes_raise_clear_errors():
+    q, k, v, tables, lens = make_inputs([5, 9], 12, 4, 64, torch.float32)
+    k_new = torch.randn(2, 4, 64, device="cuda")
+    slots = last_slots(tables, lens, 16)
+    with pytest.raises(ValueError, match=r"new_kv: k and v must be \[B, H_kv, D\]"):
+        paged_decode_attention(q, k, v, tables, lens, 1.0, new_kv=(k_new[:, :2], k_new, slots))
+    with pytest.raises(ValueError, match="slots must be int64"):
+        paged_decode_attention(q, k, v, tables, lens, 1.0, new_kv=(k_new, k_new, slots.int()))

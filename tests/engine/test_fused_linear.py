@@ -1,0 +1,254 @@
+"""picorl.engine.fused_linear: re-homing the trainer's q/k/v and gate/up weights into one buffer,
+checked against the modules' own forwards (plain, Qwen2 biases, PEFT LoRA in fp32 and bf16), training
+through the re-homed parameters, and save/load."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from picorl.engine.fused_linear import (
+    adapters_supported,
+    base_linear,
+    fuse_weights,
+    fused_forward,
+    is_intact,
+)
+
+
+def projection_groups(model: nn.Module) -> list[list[nn.Module]]:
+    """[q, k, v] and [gate, up] of every decoder layer (works on PEFT-wrapped models too)."""
+    layers = next(m for name, m in model.named_modules() if name.endswith("model.layers"))
+    groups = []
+    for layer in layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        groups += [[attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]]
+    return groups
+
+
+def fuse_all(model: nn.Module) -> list[tuple[object, list[nn.Module]]]:
+    fused = [(fuse_weights(group), group) for group in projection_groups(model)]
+    assert all(f is not None for f, _ in fused)
+    return fused
+
+
+def lora_model(tiny_model, arch: str = "qwen2", dtype: torch.dtype = torch.float32, **config):
+    model = tiny_model(arch).to(dtype)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, **config)
+    return get_peft_model(model, lora)
+
+
+def ids(n: int = 7) -> torch.Tensor:
+    return torch.randint(0, 256, (2, n), generator=torch.Generator().manual_seed(3))
+
+
+def inputs(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(4)).to(dtype)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama"])
+def test_fusing_rehomes_the_same_parameters_without_changing_values(tiny_model, arch):
+    model = tiny_model(arch)
+    with torch.no_grad():
+        logits = model(ids()).logits
+    params = dict(model.named_parameters())
+    values = {name: p.detach().clone() for name, p in params.items()}
+    flags = {name: p.requires_grad for name, p in params.items()}
+
+    for fused, group in fuse_all(model):
+        assert is_intact(fused, group)
+        start = 0
+        for module, n in zip(group, fused.sizes):
+            assert module.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()
+            assert module.weight.data_ptr() == fused.weight[start].data_ptr()
+            assert torch.equal(fused.weight[start : start + n], module.weight)
+            if module.bias is not None:
+                assert module.bias.data_ptr() == fused.bias[start].data_ptr()
+            start += n
+        has_qkv_bias = arch == "qwen2" and len(group) == 3  # only Qwen2 has biases: on q/k/v
+        assert (fused.bias is not None) == has_qkv_bias
+    assert dict(model.named_parameters()) == params  # the same Parameter objects
+    for name, p in model.named_parameters():
+        assert torch.equal(p, values[name]) and p.requires_grad == flags[name], name
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids()).logits, logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2"])
+def test_fused_forward_matches_the_modules(tiny_model, arch):
+    model = tiny_model(arch)
+    for fused, group in fuse_all(model):
+        assert adapters_supported(group)
+        for x in (inputs(), inputs()[0]):  # [B, T, K] and [T, K]
+            outs = fused_forward(fused, group, x)
+            assert [o.shape for o in outs] == [m(x).shape for m in group]
+            for out, module in zip(outs, group):
+                torch.testing.assert_close(out, module(x), rtol=0, atol=1e-6)
+
+
+def test_fused_forward_matches_peft_lora_in_every_adapter_state(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen2")
+    # a second adapter on q_proj only: k/v list it as active but have no weights for it
+    peft_model.add_adapter("q_only", LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    peft_model.base_model.set_adapter(["default", "q_only"])
+    x = inputs()
+    fused = fuse_all(peft_model)
+
+    def check(lora_adds: bool, merged: nn.Module | None = None) -> None:
+        """fused_forward == each module's forward, which differs from its base layer's iff LoRA adds."""
+        for f, group in fused:
+            assert is_intact(f, group) and adapters_supported(group)
+            for out, module in zip(fused_forward(f, group, x), group):
+                torch.testing.assert_close(out, module(x), rtol=0, atol=1e-6)
+                adds = (out - base_linear(module)(x)).abs().max().item() > 1e-3
+                assert adds == (lora_adds and module is not merged)
+
+    check(lora_adds=True)
+    with peft_model.disable_adapter():
+        check(lora_adds=False)
+
+    q_proj = projection_groups(peft_model)[0][0]
+    with_lora = q_proj(x)
+    q_proj.merge()  # in place: the weight stays a slice of the buffer, which now holds W + BA
+    check(lora_adds=True, merged=q_proj)
+    torch.testing.assert_close(fused_forward(*fused[0], x)[0], with_lora, rtol=0, atol=1e-5)
+    q_proj.unmerge()
+    check(lora_adds=True)
+
+
+def test_bf16_model_with_fp32_adapters_matches_peft_casts(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen3", torch.bfloat16)
+    q_proj = projection_groups(peft_model)[0][0]
+    assert q_proj.base_layer.weight.dtype == torch.bfloat16
+    assert q_proj.lora_A["default"].weight.dtype == torch.float32  # PEFT's autocast_adapter_dtype
+    x = inputs(torch.bfloat16)
+    # one module: the same GEMM as its base layer, so any difference would come from the adapter casts
+    single = fuse_weights([q_proj])
+    (out,) = fused_forward(single, [q_proj], x)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, q_proj(x))
+    for fused, group in fuse_all(peft_model)[1:]:
+        for out, module in zip(fused_forward(fused, group, x), group):
+            assert out.dtype == torch.bfloat16
+            torch.testing.assert_close(out, module(x), rtol=2e-2, atol=2e-2)
+
+
+def train_step(model: nn.Module) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = ids(9)
+    loss = nn.functional.cross_entropy(model(batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
+    loss.backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("fuse_in_inference_mode", [False, True])
+def test_training_through_fused_weights_matches_unfused_and_updates_the_buffer(
+    tiny_model, fuse_in_inference_mode
+):
+    model = tiny_model("qwen2").train()
+    reference = copy.deepcopy(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.inference_mode(fuse_in_inference_mode):
+        fused = fuse_all(model)
+    for f, _ in fused:
+        assert not f.weight.is_inference() and not f.weight.requires_grad
+    train_step(model)
+    train_step(reference)
+
+    for (name, p), ref in zip(model.named_parameters(), reference.parameters()):
+        assert not torch.equal(p, before[name]), f"{name} did not train"
+        torch.testing.assert_close(p, ref, rtol=0, atol=1e-6)
+    for f, group in fused:
+        assert is_intact(f, group)  # AdamW updates in place: the buffer sees the step
+        torch.testing.assert_close(torch.cat([m.weight for m in group]), f.weight, rtol=0, atol=0)
+        if f.bias is not None:
+            torch.testing.assert_close(torch.cat([m.bias for m in group]), f.bias, rtol=0, atol=0)
+
+
+def test_is_intact_until_a_weight_is_replaced(tiny_model):
+    model = tiny_model("qwen2")
+    fused = fuse_all(model)
+    model.load_state_dict(copy.deepcopy(tiny_model("qwen2", seed=5).state_dict()))  # copies in place
+    assert all(is_intact(f, g) for f, g in fused)
+    (f, (q, k, v)), (f_mlp, mlp) = fused[0], fused[1]
+    assert torch.equal(f.weight[: q.out_features], q.weight)
+
+    v.weight.data = v.weight.data.clone()
+    assert not is_intact(f, [q, k, v])
+    fused_again = fuse_weights([q, k, v])  # the engine's recovery: re-fuse
+    assert is_intact(fused_again, [q, k, v])
+    k.bias.data = k.bias.data.clone()
+    assert not is_intact(fused_again, [q, k, v])
+    assert not is_intact(f_mlp, mlp[:1])  # not the modules it was made for
+
+    model.to(torch.float64)
+    assert not any(is_intact(f, g) for f, g in fused[1:])
+
+
+def test_safe_merge_replaces_the_weight(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen3")
+    f, group = fuse_all(peft_model)[0]
+    group[1].merge(safe_merge=True)
+    assert not is_intact(f, group)
+
+
+def test_modules_that_cannot_share_a_gemm_are_left_alone(tiny_model):
+    model = tiny_model("qwen3")
+    layer = model.model.layers[0]
+    with_bias, without_bias = nn.Linear(64, 8, bias=True), nn.Linear(64, 8, bias=False)
+    half = nn.Linear(64, 8).to(torch.float16)
+    cases = [
+        [layer.self_attn.q_proj, layer.mlp.down_proj],  # in_features 64 vs 128
+        [with_bias, without_bias],
+        [layer.self_attn.q_proj, half],
+        [layer.self_attn.q_proj, layer.self_attn.q_proj],
+        [layer.self_attn.q_proj, nn.Conv1d(64, 8, 1)],
+        [],
+    ]
+    for modules in cases:
+        ptrs = [p.data_ptr() for m in modules for p in m.parameters()]
+        assert fuse_weights(modules) is None
+        assert [p.data_ptr() for m in modules for p in m.parameters()] == ptrs
+    assert base_linear(layer.self_attn.q_norm) is None
+
+
+@pytest.mark.filterwarnings("ignore:`lora_bias=True` was passed")  # gate/up have no bias to merge into
+def test_adapters_supported_only_where_fused_forward_is_exact(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen3")
+    group = projection_groups(peft_model)[0]
+    assert adapters_supported(group)
+    group[0].merge()
+    with peft_model.disable_adapter():  # PEFT's forward would unmerge q_proj in place
+        assert not adapters_supported(group)
+    group[0].unmerge()
+    handle = group[2].register_forward_hook(lambda module, args, out: out * 2)
+    assert not adapters_supported(group)
+    handle.remove()
+
+    for variant in (dict(use_dora=True), dict(lora_bias=True)):
+        groups = projection_groups(lora_model(tiny_model, "qwen2", **variant))
+        assert base_linear(groups[0][0]) is not None and fuse_weights(groups[0]) is not None
+        assert not adapters_supported(groups[0]), variant
+
+
+def test_fused_forward_traces_in_one_graph(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen2")
+    f, group = fuse_all(peft_model)[0]
+    compiled = torch.compile(lambda x: fused_forward(f, group, x), backend="eager", fullgraph=True)
+    x = inputs()
+    for out, module in zip(compiled(x), group):
+        torch.testing.assert_close(out, module(x), rtol=0, atol=1e-6)
+
+
+def test_save_pretrained_after_fusing_round_trips(tiny_model, tmp_path):
+    model = tiny_model("qwen2")
+    fuse_all(model)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    expected, got = model.state_dict(), loaded.state_dict()
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
