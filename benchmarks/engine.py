@@ -171,6 +171,7 @@ def main() -> None:
     parser.add_argument("--skip-generate", action="store_true", help="skip transformers generate")
     parser.add_argument("--no-compile", action="store_true", help="run the decoder layers eagerly")
     parser.add_argument("--no-fused-sampling", action="store_true", help="sample with the torch sampler")
+    parser.add_argument("--compile-mode", default="default", help="default | max-autotune-no-cudagraphs")
     parser.add_argument(
         "--no-fuse-projections", action="store_true", help="one GEMM per projection (q, k, v, gate, up)"
     )
@@ -187,6 +188,7 @@ def main() -> None:
         max_model_len=args.b_prompt_len + args.b_new_tokens + 64,
         kv_cache_fraction=args.kv_cache_fraction,
         compile=not args.no_compile,
+        compile_mode=args.compile_mode,
         fused_sampling=not args.no_fused_sampling,
         run_ahead=not args.no_run_ahead,
         fuse_projections=not args.no_fuse_projections,
