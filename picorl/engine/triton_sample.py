@@ -1,18 +1,15 @@
-"""Sampling in one pass over the logits (Triton): temperature, Gumbel-max draw, log-prob.
+"""Sampling with one pass over the logits (Triton): temperature, an exact draw, its log-prob.
 
 The torch sampler (``sampler.py``) makes ~10 passes over a ``[B, vocab]`` fp32 copy of the logits
 (cast, scale, softmax, noise, divide, argmax, log-sum-exp): 1.25 ms per step at 256 x 151,936 on an
-H100. Here one program per row streams the row once, in tiles, keeping
-
-- a running max and sum of exp for ``log_softmax(logits / T)`` (the log-prob the trainer recomputes),
-- the running argmax of ``logits / T + G`` with ``G`` standard Gumbel noise (greedy: of the logits),
-
-and reads the chosen logit once more at the end. ``argmax(x / T + G)`` draws index i with probability
-``softmax(x / T)_i`` (the Gumbel-max trick); G = -log(E), E = -log(U) exponential, U uniform from
-Triton's counter-based Philox generator keyed by (seed, row, tile, lane), one call giving the four
-uniforms of a lane's four quarters of a tile, so a seed reproduces a draw exactly and rows are
-independent. Its integer work bounds the kernel: 0.18 ms at 256 x 151,936 on an H100 (0.06 ms greedy);
-splitting rows over more programs gained only 0.016 ms more, not worth a second launch. Top-k / top-p are not handled here (the torch sampler does).
+H100. Here one program per row streams the row once, in tiles, keeping each tile's max and sum of
+exp of ``x / T`` (which give ``log_softmax(logits / T)``, the log-prob the trainer recomputes), then
+draws by inverting the CDF at one uniform per row: the per-tile sums pick the tile, a cumulative
+sum inside that one tile picks the column. The uniform comes from Triton's counter-based Philox
+generator keyed by (seed, row), so a seed reproduces a draw exactly and rows are independent.
+A Gumbel-max draw needs a uniform and two logarithms per vocabulary entry instead: its integer
+work made that kernel 0.18-0.25 ms a step at 256 x 151,936 (H100). Greedy takes the argmax (the
+first column among equal maxima). Top-k / top-p are not handled here (the torch sampler does).
 """
 
 from __future__ import annotations
@@ -37,61 +34,58 @@ def fused_sampling_available(device: torch.device) -> bool:
 
 if _HAS_TRITON:
 
-    @triton.jit
-    def _fold_tile(
-        base, col, vocab, temperature, u, m_run, s_run, best_key, best_col, GREEDY: tl.constexpr
-    ):  # fmt: skip
-        """Fold one tile of a row into the per-lane running max, sum of exp, and best key."""
-        ok = col < vocab
-        x = tl.load(base + col, mask=ok, other=float("-inf")).to(tl.float32) / temperature
-        m_new = tl.maximum(m_run, x)
-        # lanes that have seen only -inf keep a sum of 0 (no -inf - -inf = NaN)
-        alpha = tl.where(m_new == float("-inf"), 0.0, tl.exp(m_run - m_new))
-        s_run = s_run * alpha + tl.where(x == float("-inf"), 0.0, tl.exp(x - m_new))
-        if GREEDY:  # noqa: SIM108 (a constexpr branch, resolved at compile time)
-            key = x
-        else:
-            key = x - tl.log(-tl.log(u))  # u = 0 gives key -inf: never drawn
-        key = tl.where(ok, key, float("-inf"))
-        better = key > best_key  # strict: the first column wins a tie, as torch.argmax
-        return m_new, s_run, tl.where(better, key, best_key), tl.where(better, col, best_col)
-
     @triton.jit(do_not_specialize=["seed"])
     def _sample_kernel(
         logits_ptr, ids_ptr, logprobs_ptr, stride_row, vocab, temperature, seed,
-        GREEDY: tl.constexpr, BLOCK: tl.constexpr,
+        GREEDY: tl.constexpr, BLOCK: tl.constexpr, MAX_TILES: tl.constexpr,
     ):  # fmt: skip
-        QUARTER: tl.constexpr = BLOCK // 4
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + row * stride_row
-        lanes = tl.arange(0, QUARTER)
-        m_run = tl.full([QUARTER], float("-inf"), tl.float32)  # per-lane running max of x / T
-        s_run = tl.zeros([QUARTER], tl.float32)  # per-lane running sum of exp(x / T - m_run)
-        best_key = tl.full([QUARTER], float("-inf"), tl.float32)
-        best_col = tl.zeros([QUARTER], tl.int32)
-        tiles = tl.cdiv(vocab, BLOCK)
+        cols = tl.arange(0, BLOCK)
+        tile_ids = tl.arange(0, MAX_TILES)
+        # Pass 1, over the whole row: each tile's max and sum of exp (relative to that max) of x / T,
+        # kept in registers indexed by tile; greedy also keeps the argmax.
+        tile_max = tl.full([MAX_TILES], float("-inf"), tl.float32)
+        tile_sum = tl.zeros([MAX_TILES], tl.float32)
+        best = float("-inf")
+        best_col = 0
         for start in range(0, vocab, BLOCK):
-            # One Philox call gives four uniforms, one per quarter of the tile: a quarter of the
-            # integer work of one call per entry, which bounded this kernel (0.25 ms at 256 x 151,936).
+            tile = start // BLOCK
+            col = start + cols
+            x = tl.load(base + col, mask=col < vocab, other=float("-inf")).to(tl.float32) / temperature
+            top = tl.max(x, 0)
+            total = tl.sum(tl.exp(x - tl.where(top == float("-inf"), 0.0, top)), 0)
+            tile_max = tl.where(tile_ids == tile, top, tile_max)
+            tile_sum = tl.where(tile_ids == tile, total, tile_sum)
             if GREEDY:
-                u0 = tl.zeros([QUARTER], tl.float32)  # unused: greedy draws no noise
-                u1 = u0
-                u2 = u0
-                u3 = u0
-            else:
-                u0, u1, u2, u3 = tl.rand4x(seed, (row * tiles + start // BLOCK) * QUARTER + lanes)
-            m_run, s_run, best_key, best_col = _fold_tile(base, start + lanes, vocab, temperature, u0, m_run, s_run, best_key, best_col, GREEDY)  # fmt: skip
-            m_run, s_run, best_key, best_col = _fold_tile(base, start + QUARTER + lanes, vocab, temperature, u1, m_run, s_run, best_key, best_col, GREEDY)  # fmt: skip
-            m_run, s_run, best_key, best_col = _fold_tile(base, start + 2 * QUARTER + lanes, vocab, temperature, u2, m_run, s_run, best_key, best_col, GREEDY)  # fmt: skip
-            m_run, s_run, best_key, best_col = _fold_tile(base, start + 3 * QUARTER + lanes, vocab, temperature, u3, m_run, s_run, best_key, best_col, GREEDY)  # fmt: skip
-        # merge the lanes: argmax with the lowest column among equal keys
-        top = tl.max(best_key, 0)
-        chosen = tl.min(tl.where(best_key == top, best_col, vocab), 0)
-        m = tl.max(m_run, 0)
-        lse = m + tl.log(tl.sum(s_run * tl.exp(m_run - m), 0))
+                # the first column among equal maxima, as torch.argmax
+                at = tl.min(tl.where(x == top, col, vocab), 0)
+                better = top > best
+                best_col = tl.where(better, at, best_col)
+                best = tl.where(better, top, best)
+        m = tl.max(tile_max, 0)
+        weight = tl.where(tile_max == float("-inf"), 0.0, tile_sum * tl.exp(tile_max - m))
+        z = tl.sum(weight, 0)  # sum of exp(x / T - m) over the row
+        if GREEDY:
+            chosen = best_col
+        else:
+            # Pass 2, over one tile: invert the CDF at u * z. The tile comes from the per-tile weights,
+            # the column from a cumulative sum within it. Rounding can leave the target just past
+            # the last column with weight: that column is taken.
+            target = tl.rand(seed, row) * z
+            prefix = tl.cumsum(weight, 0)
+            last_tile = tl.max(tl.where(weight > 0, tile_ids, 0), 0)
+            picked = tl.minimum(tl.min(tl.where(prefix > target, tile_ids, MAX_TILES), 0), last_tile)
+            before = tl.sum(tl.where(tile_ids < picked, weight, 0.0), 0)
+            in_tile = picked * BLOCK + cols
+            x_tile = tl.load(base + in_tile, mask=in_tile < vocab, other=float("-inf")).to(tl.float32)
+            e = tl.exp(x_tile / temperature - m)
+            running = before + tl.cumsum(e, 0)
+            last_col = tl.max(tl.where(e > 0, in_tile, 0), 0)
+            chosen = tl.minimum(tl.min(tl.where(running > target, in_tile, vocab), 0), last_col)
         x_chosen = tl.load(base + chosen).to(tl.float32) / temperature
         tl.store(ids_ptr + row, chosen.to(tl.int64))
-        tl.store(logprobs_ptr + row, x_chosen - lse)
+        tl.store(logprobs_ptr + row, x_chosen - m - tl.log(z))
 
 
 def fused_sample(logits: torch.Tensor, temperature: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +110,10 @@ def fused_sample(logits: torch.Tensor, temperature: float, seed: int) -> tuple[t
     if batch == 0:
         return ids, logprobs
     greedy = temperature == 0
+    max_tiles = max(2, triton.next_power_of_2(triton.cdiv(vocab, BLOCK)))
     with torch.cuda.device(logits.device):
         _sample_kernel[(batch,)](
             logits, ids, logprobs, logits.stride(0), vocab, 1.0 if greedy else float(temperature), seed,
-            GREEDY=greedy, BLOCK=BLOCK, num_warps=8,
+            GREEDY=greedy, BLOCK=BLOCK, MAX_TILES=max_tiles, num_warps=8,
         )  # fmt: skip
     return ids, logprobs
