@@ -6,8 +6,8 @@
 Case A: 64 prompts of 120 random tokens, 512 new tokens forced (EOS ignored), temperature 1; engine
 and transformers ``generate`` in the same run. Case B: 256 sequences decoding at context ~1024: the
 decode step time is the engine's own wall time of its decode steps (each ends waiting for its sampled
-tokens, so host work is included) over their number, the median of ``--b-repeats`` runs, set against the memory-bandwidth
-bound (weights + KV read once per step at peak bandwidth). The older estimate, (time for N new
+tokens, so host work is included) over their number, the median of ``--b-repeats`` runs, set
+against the memory-bandwidth bound (weights + KV read once per step at peak bandwidth). The older estimate, (time for N new
 tokens - time for 1 new token) / (N - 1), is printed too: it carries the run-to-run noise of the
 ~3 s prefill of 245k tokens (up to ~2 ms a step).
 The last line reads ``engine_vs_generate_ratio=<A> roofline_fraction=<B>``.
