@@ -7,6 +7,9 @@ an optimizer step on any weight shows in the next call. Only attention (with the
 module) is done here, against the paged KV cache. The module calls between two attention calls are
 grouped in ``pre_attention`` / ``post_attention`` so that they can be compiled as a unit
 (``picorl.engine.compiled``): the modules and their parameters stay the model's own either way.
+With ``fuse_projections``, q/k/v and gate/up each run as one GEMM over a buffer that their weights
+were re-homed into (``picorl.engine.fused_linear``: still the trainer's parameters, not copies),
+plus each LoRA layer's own adapters.
 """
 
 from __future__ import annotations
