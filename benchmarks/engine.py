@@ -173,6 +173,12 @@ def main() -> None:
     parser.add_argument("--skip-generate", action="store_true", help="skip transformers generate")
     parser.add_argument("--no-compile", action="store_true", help="run the decoder layers eagerly")
     parser.add_argument("--no-fused-sampling", action="store_true", help="sample with the torch sampler")
+    parser.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="wrap the model in PEFT LoRA adapters (all linear layers), unmerged",
+    )
     parser.add_argument("--compile-mode", default="default", help="default | max-autotune-no-cudagraphs")
     parser.add_argument(
         "--no-fuse-projections", action="store_true", help="one GEMM per projection (q, k, v, gate, up)"
@@ -184,6 +190,11 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = load_model(args.model)
+    if args.lora_rank:  # as training runs it: adapters unmerged; B = 0 at init costs the same
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear")
+        model = get_peft_model(model, lora).eval()
     config = EngineConfig(
         max_num_seqs=256,
         max_num_batched_tokens=16384,
