@@ -6,7 +6,7 @@ head_dim]``; each layer's cache is ``[num_blocks + 1, block_size, kv_heads, head
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +15,23 @@ import torch.nn.functional as F
 # size stays within this factor of the real tokens (fewer, larger SDPA calls vs wasted compute).
 PAD_SLACK = 1.25
 
-# (q, k, v, slots, k_cache, v_cache, block_tables, context_lens, scale) -> out: one decode step's
-# attention, storing its new K/V (``k, v [B, kv_heads, head_dim]``) at ``slots`` first.
-DecodeAttention = Callable[..., torch.Tensor]
+
+class DecodeAttention(Protocol):
+    """One decode step's attention: :func:`paged_decode_attention_torch` or the Triton kernel
+    (``picorl.engine.triton_decode.paged_decode_attention``). ``new_kv = (k, v, slots)``: this step's
+    K/V (``[B, kv_heads, head_dim]``), stored at ``slots`` before they are attended to."""
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_tables: torch.Tensor,
+        context_lens: torch.Tensor,
+        scale: float,
+        *,
+        new_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor: ...
 
 
 def store_kv(
@@ -86,13 +100,19 @@ def paged_decode_attention_torch(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
+    *,
+    new_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One query token per sequence against its cached keys: ``q [B, H, D]`` -> ``[B, H, D]``.
 
     ``block_tables [B, max_blocks]`` (int32) lists each sequence's blocks (entries past its context
     may be any valid block id); ``context_lens [B]`` (int32, >= 1) counts its cached tokens,
-    including the current one. The reference for the Triton kernel; gathers every listed block.
+    including the current one. ``new_kv = (k, v, slots)`` are stored (``store_kv``) first. The
+    reference for the Triton kernel; gathers every listed block.
     """
+    if new_kv is not None:
+        k_new, v_new, slots = new_kv
+        store_kv(k_cache, v_cache, k_new, v_new, slots)
     batch, heads, dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     length = block_tables.shape[1] * block_size
@@ -108,51 +128,16 @@ def paged_decode_attention_torch(
     return out.reshape(batch, heads, dim).to(q.dtype)
 
 
-def store_and_attend_torch(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    slots: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    context_lens: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    """A :data:`DecodeAttention`: ``store_kv``, then :func:`paged_decode_attention_torch`."""
-    store_kv(k_cache, v_cache, k, v, slots)
-    return paged_decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, scale)
-
-
-def store_and_attend_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    slots: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    context_lens: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    """A :data:`DecodeAttention`: the Triton kernel stores the new K/V itself (one launch a layer)."""
-    from picorl.engine.triton_decode import paged_decode_attention
-
-    return paged_decode_attention(
-        q, k_cache, v_cache, block_tables, context_lens, scale, new_kv=(k, v, slots)
-    )
-
-
 def decode_attention_backend(name: str, device: torch.device) -> DecodeAttention:
     """``torch``, ``triton`` (``picorl.engine.triton_decode``), or ``auto``: Triton on CUDA when available."""
     if name == "torch" or (name == "auto" and device.type != "cuda"):
-        return store_and_attend_torch
-    from picorl.engine.triton_decode import triton_available
+        return paged_decode_attention_torch
+    from picorl.engine.triton_decode import paged_decode_attention, triton_available
 
     if triton_available() and device.type == "cuda":
-        return store_and_attend_triton
+        return paged_decode_attention
     if name == "triton":
         raise ValueError(
             f"decode_attention='triton' needs Triton and a CUDA device (model on {device}); use 'auto' or 'torch'"
         )
-    return store_and_attend_torch
+    return paged_decode_attention_torch

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from picorl.engine.architecture import inspect_model, weights_signature
-from picorl.engine.attention import decode_attention_backend, store_and_attend_torch
+from picorl.engine.attention import decode_attention_backend, paged_decode_attention_torch
 from picorl.engine.block_manager import BlockManager
 from picorl.engine.compiled import compiled_steps, warm_up
 from picorl.engine.config import EngineConfig
@@ -243,7 +243,7 @@ class LLMEngine:
         if wanted and not on_cuda:
             raise ValueError(f"cuda_graphs=True needs a CUDA device; the model is on {self.spec.device}")
         if wanted is None:  # the torch decode attention reads max_model_len keys per row inside a graph
-            return on_cuda and self.runner.decode_attention is not store_and_attend_torch
+            return on_cuda and self.runner.decode_attention is not paged_decode_attention_torch
         return wanted
 
     def _ensure_graphs(self) -> None:

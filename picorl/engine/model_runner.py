@@ -134,14 +134,12 @@ class ModelRunner:
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             out = self.decode_attention(
                 q.to(kv.dtype),
-                k,
-                v,
-                inputs.slots,
                 kv.keys[layer],
                 kv.values[layer],
                 inputs.block_tables,
                 inputs.context_lens,
                 self.spec.scale,
+                new_kv=(k, v, inputs.slots),
             )
             return out.to(q.dtype)
 

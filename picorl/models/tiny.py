@@ -26,20 +26,24 @@ _CONFIGS: dict[str, type[PretrainedConfig]] = {
     "qwen2": Qwen2Config,
 }
 INIT_SEED = 0
+# 2 layers, hidden 64, 4 query heads and 2 KV heads of 16 (so grouped-query attention is exercised)
+TINY_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 
 
 def tiny_config(architecture: str, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-    """2 layers, hidden 64, 4 query heads and 2 KV heads of 16 (so grouped-query attention is exercised)."""
+    """``TINY_SHAPE`` over the tokenizer's vocabulary, embeddings tied."""
     if architecture not in _CONFIGS:
         raise ValueError(f"unknown tiny architecture {architecture!r}; choose one of {', '.join(_CONFIGS)}")
     return _CONFIGS[architecture](
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
+        **TINY_SHAPE,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

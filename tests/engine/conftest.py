@@ -19,6 +19,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from picorl.models.tiny import TINY_SHAPE
+
 EOS = 256  # the byte tokenizer's only special token; ids 0-255 are raw bytes
 VOCAB = 257  # every id decodes
 ARCHITECTURES = {
@@ -34,12 +36,7 @@ def tiny_model(arch: str = "qwen3", seed: int = 0, **overrides) -> torch.nn.Modu
     config_cls, model_cls = ARCHITECTURES[arch]
     kwargs = dict(
         vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
+        **TINY_SHAPE,
         max_position_embeddings=512,
         initializer_range=0.2,
         eos_token_id=EOS,

@@ -8,12 +8,7 @@ import pytest
 import torch
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.engine.attention import (
-    decode_attention_backend,
-    paged_decode_attention_torch,
-    prefill_attention,
-    store_and_attend_torch,
-)
+from picorl.engine.attention import decode_attention_backend, paged_decode_attention_torch, prefill_attention
 from picorl.engine.block_manager import BlockManager
 from picorl.engine.kv_cache import TorchKVStorage, make_kv_storage
 from picorl.engine.sampler import make_generator, sample, truncate
@@ -144,7 +139,7 @@ def test_config_validation_and_graph_sizes() -> None:
 
 def test_gpu_backends_refuse_a_cpu_model_clearly(tiny_model) -> None:
     cpu = torch.device("cpu")
-    assert decode_attention_backend("auto", cpu) is store_and_attend_torch
+    assert decode_attention_backend("auto", cpu) is paged_decode_attention_torch
     assert isinstance(make_kv_storage("auto", cpu), TorchKVStorage)
     with pytest.raises(ValueError, match="triton"):
         LLMEngine(tiny_model("llama"), None, EngineConfig(decode_attention="triton"))
