@@ -22,8 +22,8 @@ import time
 import torch
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.engine.sampler import make_sampler
-from picorl.rollout.types import SamplingParams
+from picorl.engine.layers.sampler import make_sampler
+from picorl.engine.types import SamplingParams
 
 # Qwen3-4B (../shared/gpu.md); speed and memory do not depend on the weights' values.
 QWEN3_4B = dict(

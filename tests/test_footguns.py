@@ -11,10 +11,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from picorl.engine import EngineConfig, LLMEngine
+from picorl.engine.types import SamplingParams
 from picorl.eval.evaluate import tier_metrics
 from picorl.models import load_model_and_tokenizer
 from picorl.rollout.episodes import Episode
-from picorl.rollout.types import SamplingParams
 from picorl.train.logprobs import chosen_token_logprobs
 from picorl.train.update import UpdateContext, _reference_logprobs
 

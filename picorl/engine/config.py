@@ -35,7 +35,7 @@ class EngineConfig:
     compile: bool | None = None  # torch.compile the modules between attention calls; None: on for CUDA
     compile_mode: str = "default"  # or "max-autotune-no-cudagraphs" (much longer compile)
     # lay each layer's q/k/v (and gate/up) weights out in one buffer, still the trainer's parameters,
-    # so one GEMM computes them (``picorl.engine.fused_linear``)
+    # so one GEMM computes them (``picorl.engine.layers.fused_linear``)
     fuse_projections: bool = True
     run_ahead: bool = True  # launch decode step t+1 before step t's tokens reach the host (step_loop)
     fused_sampling: bool = True  # one-pass Triton sampler on CUDA (without top-k / top-p)

@@ -1,6 +1,6 @@
 """The built-in rollout engine: paged KV cache, continuous batching, the trainer's own weights.
 
-It runs in the trainer's process on the trainer's modules (see :mod:`picorl.engine.model_runner`),
+It runs in the trainer's process on the trainer's modules (see :mod:`picorl.engine.runner.model_runner`),
 so there is nothing to synchronize after an optimizer step, no parameter names to match (footgun 2
 of the seed) and no weights to serialize to another process (footgun 7).
 """
@@ -15,26 +15,27 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from picorl.engine.architecture import inspect_model, weights_signature
-from picorl.engine.attention import decode_attention_backend, paged_decode_attention_torch
-from picorl.engine.block_manager import BlockManager
-from picorl.engine.compiled import compiled_steps, warm_up
 from picorl.engine.config import EngineConfig
-from picorl.engine.cuda_graphs import DecodeGraphs
-from picorl.engine.decode_inputs import DecodeInputBuilder
-from picorl.engine.kv_cache import KVCache, KVStorage, block_bytes, budget_bytes, make_kv_storage
-from picorl.engine.model_runner import LayerSteps, ModelRunner
-from picorl.engine.prompts import check_prompts
-from picorl.engine.sampler import make_sampler
-from picorl.engine.scheduler import Batch, Scheduler
-from picorl.engine.sequence import Sequence
-from picorl.engine.step_loop import run_to_completion
-from picorl.engine.stopping import StopChecker
-from picorl.rollout.types import Completion, SamplingParams, eos_token_ids
+from picorl.engine.layers.attention import decode_attention_backend, paged_decode_attention_torch
+from picorl.engine.layers.sampler import make_sampler
+from picorl.engine.memory.kv_cache import KVCache, KVStorage, block_bytes, kv_budget_bytes, make_kv_storage
+from picorl.engine.runner.architecture import inspect_model, weights_signature
+from picorl.engine.runner.compiled import compiled_steps, warm_up
+from picorl.engine.runner.cuda_graphs import DecodeGraphs
+from picorl.engine.runner.decode_inputs import DecodeInputBuilder
+from picorl.engine.runner.model_runner import LayerSteps, ModelRunner
+from picorl.engine.scheduling.block_manager import BlockManager
+from picorl.engine.scheduling.prompts import check_prompts
+from picorl.engine.scheduling.scheduler import Batch, Scheduler
+from picorl.engine.scheduling.sequence import Sequence
+from picorl.engine.scheduling.step_loop import run_to_completion
+from picorl.engine.scheduling.stopping import StopChecker
+from picorl.engine.types import Completion, SamplingParams, eos_token_ids
+from picorl.units import GIB
 
 
 class LLMEngine:
-    """A :class:`~picorl.rollout.types.RolloutEngine` over a Llama / Qwen2 / Qwen3 causal LM.
+    """A :class:`~picorl.engine.types.RolloutEngine` over a Llama / Qwen2 / Qwen3 causal LM.
 
     ``model`` may be PEFT-wrapped; ``tokenizer`` (optional) decodes completions and stop strings.
     The KV cache is allocated at the first ``generate`` / ``wake_up``, sized by ``config``.
@@ -143,17 +144,24 @@ class LLMEngine:
 
     # --- memory ----------------------------------------------------------------------------------
 
-    def resize_kv_cache(
-        self,
-        *,
-        num_blocks: int | None = None,
-        kv_cache_gib: float | None = None,
-        kv_cache_fraction: float | None = None,
-    ) -> None:
-        """Free the KV cache and size it anew at the next use (e.g. once the training peak is known)."""
-        self.config = dataclasses.replace(
-            self.config, num_blocks=num_blocks, kv_cache_gib=kv_cache_gib, kv_cache_fraction=kv_cache_fraction
-        )
+    def fit_kv_cache(self, training_peak_bytes: int) -> int | None:
+        """Once the first training step has shown its peak, give the KV cache ``kv_cache_fraction`` of
+        the GPU memory training leaves: free memory now, less what training transiently needs on top
+        of what it keeps (so the next training step can never run out because of the cache). Call it
+        after the step, with the cache asleep. Returns the new size in bytes, or None when the size
+        stays (not on a GPU, or fixed by ``kv_cache_gib`` / ``num_blocks``)."""
+        device, cfg = self.spec.device, self.config
+        if device.type != "cuda" or cfg.kv_cache_gib is not None or cfg.num_blocks is not None:
+            return None
+        transient = max(0, training_peak_bytes - torch.cuda.memory_allocated(device))
+        budget = kv_budget_bytes(device, kv_cache_fraction=cfg.kv_cache_fraction, reserve_bytes=transient)
+        self.resize_kv_cache(self._blocks_within(budget))
+        return self.kv_cache_bytes
+
+    def resize_kv_cache(self, num_blocks: int) -> None:
+        """Free the KV cache and allocate ``num_blocks`` blocks at the next use."""
+        self.config = dataclasses.replace(self.config, num_blocks=num_blocks)
+        self.num_blocks = num_blocks
         self.graphs = None
         self.kv = None
         if self.storage is not None:
@@ -175,23 +183,27 @@ class LLMEngine:
 
     def _allocate(self) -> None:
         spec, cfg = self.spec, self.config
-        per_block = self.block_bytes
         if cfg.num_blocks is not None:
             self.num_blocks = cfg.num_blocks
         else:
-            budget = budget_bytes(spec.device, cfg.kv_cache_gib, cfg.kv_cache_fraction)
-            self.num_blocks = budget // per_block - 1  # one block is the null block
-            if self.num_blocks < 1:
-                raise ValueError(
-                    f"a KV-cache budget of {budget / 2**30:.3f} GiB holds no block of {per_block} bytes; "
-                    "raise kv_cache_gib / kv_cache_fraction or free device memory"
-                )
+            budget = kv_budget_bytes(spec.device, cfg.kv_cache_gib, cfg.kv_cache_fraction)
+            self.num_blocks = self._blocks_within(budget)
         self.storage = make_kv_storage(cfg.kv_storage, spec.device)
         self.kv = self._views(self.storage.allocate(self.kv_cache_bytes))
         self.sleeping = False
         max_len = min(cfg.max_model_len or spec.max_position_embeddings, self.num_blocks * cfg.block_size)
         self.max_blocks = -(-max_len // cfg.block_size)  # the widest block table a sequence can need
         self.builder = DecodeInputBuilder(cfg.block_size, self.num_blocks, spec.device)
+
+    def _blocks_within(self, budget: int) -> int:
+        """KV blocks a budget of ``budget`` bytes holds (one block is the null block)."""
+        num_blocks = budget // self.block_bytes - 1
+        if num_blocks < 1:
+            raise ValueError(
+                f"a KV-cache budget of {budget / GIB:.3f} GiB holds no block of {self.block_bytes} bytes; "
+                "raise kv_cache_gib / kv_cache_fraction or free device memory"
+            )
+        return num_blocks
 
     def _views(self, buffer: torch.Tensor) -> KVCache:
         spec = self.spec

@@ -28,13 +28,21 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from picorl.envs.letter_counting import LetterTask
+from typing import Any, Literal, Protocol
 
 RewardMode = Literal["partial", "binary"]
 REWARD_MODES: tuple[str, ...] = ("partial", "binary")
+
+class CountingTask(Protocol):
+    """What scoring reads of a task (``picorl.envs.letter_counting.LetterTask`` is one); a protocol
+    here, so this module needs nothing from the environment that uses it."""
+
+    letters: tuple[str, ...]
+    tier: int
+
+    @property
+    def expected(self) -> dict[str, int]: ...
+
 
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
@@ -100,7 +108,7 @@ def parse_answer(text: str, letters: tuple[str, ...] | list[str]) -> dict[str, i
     return value
 
 
-def score(text: str, task: LetterTask, mode: RewardMode = "partial") -> tuple[float, dict[str, Any]]:
+def score(text: str, task: CountingTask, mode: RewardMode = "partial") -> tuple[float, dict[str, Any]]:
     """Reward one reply to ``task`` and describe it.
 
     ``info`` keys: ``correct`` (every asked letter exactly right, right key set), ``format_ok``

@@ -8,15 +8,11 @@ training seed), so runs and checkpoints compare on identical tasks. Accuracy cou
 
 from __future__ import annotations
 
+from picorl.engine.types import RolloutEngine, SamplingParams
 from picorl.envs.registry import make_env
 from picorl.logging.stats import wilson_interval
 from picorl.rollout.episodes import Episode, run_episodes
-from picorl.rollout.types import RolloutEngine, SamplingParams
-
-
-def eval_task_seeds(tier: int, num_tasks: int, eval_seed: int) -> list[int]:
-    """The fixed seeds of a tier's eval set (disjoint from training seeds, which are below 2**40)."""
-    return [2**40 + eval_seed * 1_000_003 + tier * 100_000 + i for i in range(num_tasks)]
+from picorl.runtime import eval_task_seeds
 
 
 def evaluate(

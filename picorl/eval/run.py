@@ -9,8 +9,7 @@ from picorl.config import Config, resolve_auto
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import format_eval_lines
 from picorl.models import load_model_and_tokenizer
-from picorl.train.engines import make_engine
-from picorl.train.trainer import pick_device
+from picorl.runtime import make_engine, pick_device
 
 
 def run_eval(config: Config, adapter: str | None = None, console=print) -> dict[str, float]:

@@ -1,5 +1,5 @@
-"""Rollouts: engines that sample completions, and episodes that run environments over them."""
+"""Rollouts: environments run over an engine into episodes, k episodes of one task to a group."""
 
-from picorl.rollout.types import Completion, RolloutEngine, SamplingParams
+from picorl.rollout.episodes import Episode, render_prompt, run_episodes
 
-__all__ = ["Completion", "RolloutEngine", "SamplingParams"]
+__all__ = ["Episode", "render_prompt", "run_episodes"]

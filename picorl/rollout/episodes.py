@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from picorl.engine.types import Completion, RolloutEngine, SamplingParams
 from picorl.envs.base import Env, Message
-from picorl.rollout.types import Completion, RolloutEngine, SamplingParams
 
 
 @dataclass

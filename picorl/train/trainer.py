@@ -6,7 +6,6 @@ checkpoint rows all use that one counter (SFT rows carry their own ``sft/step``)
 
 from __future__ import annotations
 
-import random
 import time
 from functools import partial
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 
 from picorl.algos.value_head import ValueHead, value_head_param_group
 from picorl.config import Config, dump_toml, resolve_auto, to_dict
+from picorl.engine.types import SamplingParams
 from picorl.envs.registry import make_env
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import UpdateProgress, format_sft_line
@@ -22,26 +22,12 @@ from picorl.logging.metrics import MetricsLogger
 from picorl.logging.plots import plot_training_curves
 from picorl.models import load_model_and_tokenizer
 from picorl.rollout.episodes import run_episodes
-from picorl.rollout.types import SamplingParams
+from picorl.runtime import make_engine, pick_device, seed_everything, sft_task_seeds
 from picorl.train.checkpoint import load_checkpoint, save_adapter, save_checkpoint
-from picorl.train.engines import make_engine, size_kv_cache_from_training_peak
 from picorl.train.policy import make_policy, trainable_parameters
 from picorl.train.sft import run_sft
 from picorl.train.update import UpdateContext, rl_update
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+from picorl.units import GIB
 
 
 def run_directory(config: Config) -> Path:
@@ -126,13 +112,11 @@ def train(config: Config) -> Path:
         for update in range(start, total):
             step = update + 1
             metrics, episodes = rl_update(ctx, update)
-            if update == start:
-                kv_gib = size_kv_cache_from_training_peak(
-                    engine, config, device, int(metrics.get("memory/peak_gb", 0) * 2**30)
-                )
-                if kv_gib is not None:
-                    metrics["engine/kv_cache_gb"] = kv_gib
-                    progress.print(f"KV cache sized to {kv_gib:.1f} GiB after the first training step's peak")
+            if update == start and device.type == "cuda":
+                kv_bytes = engine.fit_kv_cache(torch.cuda.max_memory_allocated(device))
+                if kv_bytes is not None:
+                    metrics["engine/kv_cache_gb"] = kv_bytes / GIB
+                    progress.print(f"KV cache sized to {kv_bytes / GIB:.1f} GiB after the first training step's peak")
             logger.log(step, metrics, kind="train")
             if config.run.samples_every and step % config.run.samples_every == 0:
                 logger.log_samples([sample_row(step, e) for e in episodes])
@@ -155,7 +139,7 @@ def warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progress:
     """SFT on the environment's demonstrations, then a greedy check of format and reward."""
     sft = config.sft
     env = ctx.make_env()
-    chats = [env.demonstration(seed) for seed in range(2**41, 2**41 + sft.sft_num_examples)]
+    chats = [env.demonstration(seed) for seed in sft_task_seeds(sft.sft_num_examples)]
 
     def log(step: int, loss: float) -> None:
         logger.log_sft(step, {"sft/loss": loss})
@@ -168,7 +152,7 @@ def warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progress:
         device=ctx.device, log=log,
     )  # fmt: skip
     params = SamplingParams(max_tokens=ctx.params.max_tokens, temperature=0.0)
-    seeds = list(range(2**41 + 10**6, 2**41 + 10**6 + 32))
+    seeds = sft_task_seeds(32, offset=10**6)
     episodes = run_episodes(ctx.make_env, seeds, ctx.engine, ctx.tokenizer, params)
     post = {
         "sft/final_loss": final,

@@ -14,11 +14,13 @@ import torch
 from picorl.algos import advantages as adv
 from picorl.algos import losses, value_head
 from picorl.algos.config import AlgoConfig
+from picorl.engine.types import RolloutEngine, SamplingParams
 from picorl.envs.base import Env
 from picorl.rollout.episodes import Episode, run_episodes
-from picorl.rollout.types import RolloutEngine, SamplingParams
+from picorl.runtime import train_task_seeds
 from picorl.train.batch import MicroBatch, make_micro_batches
 from picorl.train.logprobs import chosen_token_logprobs
+from picorl.units import GIB
 
 
 @dataclass
@@ -42,18 +44,13 @@ class UpdateContext:
     value_head: torch.nn.Module | None = None
 
 
-def task_seeds(seed: int, update: int, start: int, count: int) -> list[int]:
-    """Training task seeds: a fixed function of (run seed, update, group), below 2**40."""
-    return [(seed * 1_000_003 + update * 10_007 + g) % 2**40 for g in range(start, start + count)]
-
-
 def collect(ctx: UpdateContext, update: int) -> tuple[list[Episode], dict[str, float]]:
     """Sample ``num_tasks`` groups of k episodes. With ``zero_variance="dynamic"`` (DAPO) keep drawing
     groups, at most ``dynamic_max_draws`` rounds, until ``num_tasks`` groups have reward variance."""
     episodes: list[Episode] = []
     drawn, rounds = 0, 0
     while True:
-        seeds = task_seeds(ctx.seed, update, drawn, ctx.num_tasks)
+        seeds = train_task_seeds(ctx.seed, update, drawn, ctx.num_tasks)
         params = SamplingParams(**{**ctx.params.__dict__, "seed": seeds[0]})
         new = run_episodes(ctx.make_env, seeds, ctx.engine, ctx.tokenizer, params, k=ctx.k)
         for e in new:
@@ -84,13 +81,14 @@ def _informative_groups(episodes: list[Episode]) -> set[int]:
 def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[Episode]]:
     """Run update number ``update`` (0-based); returns its metrics and episodes."""
     t0 = time.perf_counter()
+    on_gpu = ctx.device.type == "cuda"
+    if on_gpu:  # peaks are the update's own, not those of the evaluation or SFT before it
+        torch.cuda.reset_peak_memory_stats(ctx.device)
     ctx.engine.wake_up()
     episodes, metrics = collect(ctx, update)
     ctx.engine.sleep()
-    engine_stats = getattr(ctx.engine, "last_stats", {})
-    on_gpu = ctx.device.type == "cuda"
     if on_gpu:  # from here on the peak is training's own: the KV cache is released while it runs
-        metrics["memory/rollout_peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+        metrics["memory/rollout_peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / GIB
         torch.cuda.reset_peak_memory_stats(ctx.device)
     t_rollout = time.perf_counter() - t0
 
@@ -117,14 +115,13 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
             "time/rollout_s": t_rollout,
             "time/train_s": t_train,
             "time/update_s": time.perf_counter() - t0,
-            "engine/tokens_per_s": float(engine_stats.get("tokens_per_s", 0.0))
+            "engine/tokens_per_s": float(ctx.engine.last_stats.get("tokens_per_s", 0.0))
             or float(lengths.sum()) / max(t_rollout, 1e-9),
         }
     )
-    if on_gpu:
-        metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
-        metrics["memory/kv_cache_gb"] = getattr(ctx.engine, "kv_cache_bytes", 0) / 2**30
-        torch.cuda.reset_peak_memory_stats(ctx.device)
+    if on_gpu:  # the training peak stays readable after the update (the trainer sizes the KV cache by it)
+        metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / GIB
+        metrics["memory/kv_cache_gb"] = ctx.engine.kv_cache_bytes / GIB
     return metrics, episodes
 
 

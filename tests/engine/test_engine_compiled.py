@@ -9,8 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.engine.model_runner import LayerSteps
-from picorl.rollout.types import SamplingParams
+from picorl.engine.runner.model_runner import LayerSteps
+from picorl.engine.types import SamplingParams
 
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.slow),

@@ -9,8 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.engine.vmm import vmm_available
-from picorl.rollout.types import SamplingParams
+from picorl.engine.memory.vmm import vmm_available
+from picorl.engine.types import SamplingParams
 
 pytestmark = [
     pytest.mark.gpu,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.engine.cuda_graphs import DecodeGraphs
-from picorl.rollout.types import SamplingParams
+from picorl.engine.runner.cuda_graphs import DecodeGraphs
+from picorl.engine.types import SamplingParams
 
 
 class EagerReplay:

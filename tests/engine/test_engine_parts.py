@@ -8,13 +8,17 @@ import pytest
 import torch
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.engine.attention import decode_attention_backend, paged_decode_attention_torch, prefill_attention
-from picorl.engine.block_manager import BlockManager
-from picorl.engine.kv_cache import TorchKVStorage, make_kv_storage
-from picorl.engine.sampler import make_generator, sample, truncate
-from picorl.engine.sequence import Sequence
-from picorl.engine.stopping import StopChecker
-from picorl.rollout.types import SamplingParams
+from picorl.engine.layers.attention import (
+    decode_attention_backend,
+    paged_decode_attention_torch,
+    prefill_attention,
+)
+from picorl.engine.layers.sampler import make_generator, sample, truncate
+from picorl.engine.memory.kv_cache import TorchKVStorage, make_kv_storage
+from picorl.engine.scheduling.block_manager import BlockManager
+from picorl.engine.scheduling.sequence import Sequence
+from picorl.engine.scheduling.stopping import StopChecker
+from picorl.engine.types import SamplingParams
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

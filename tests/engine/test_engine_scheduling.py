@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.rollout.types import SamplingParams
+from picorl.engine.types import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
 LENGTHS = [3, 4, 7, 9, 16]

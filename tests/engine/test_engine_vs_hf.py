@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.rollout.types import SamplingParams
+from picorl.engine.types import SamplingParams
 
 LENGTHS = [3, 4, 7, 9, 16, 1]  # block_size 4: partial and full last blocks, and a 1-token prompt
 CONFIG = dict(block_size=4, num_blocks=256)

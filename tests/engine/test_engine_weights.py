@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.rollout.types import SamplingParams
+from picorl.engine.types import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
 CONFIG = dict(block_size=4, num_blocks=128)

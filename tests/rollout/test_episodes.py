@@ -2,11 +2,11 @@ from functools import partial
 
 import pytest
 
+from picorl.engine.hf_engine import HFEngine
+from picorl.engine.types import Completion, SamplingParams
 from picorl.envs import Env, StepResult, make_env
 from picorl.models import load_model_and_tokenizer
 from picorl.rollout.episodes import render_prompt, run_episodes
-from picorl.rollout.hf_engine import HFEngine
-from picorl.rollout.types import Completion, SamplingParams
 
 
 @pytest.fixture(scope="module")

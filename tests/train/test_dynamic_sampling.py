@@ -1,8 +1,8 @@
 import torch
 
 from picorl.algos.config import AlgoConfig
+from picorl.engine.types import Completion, SamplingParams
 from picorl.envs import Env, StepResult
-from picorl.rollout.types import Completion, SamplingParams
 from picorl.train.update import UpdateContext, collect
 
 

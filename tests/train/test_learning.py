@@ -10,8 +10,8 @@ from picorl.algos import advantages as adv
 from picorl.algos.config import AlgoConfig
 from picorl.algos.value_head import ValueHead, value_head_param_group
 from picorl.engine import EngineConfig, LLMEngine
+from picorl.engine.types import SamplingParams
 from picorl.rollout.episodes import Episode
-from picorl.rollout.types import SamplingParams
 from picorl.train.batch import make_micro_batches
 from picorl.train.update import UpdateContext, optimize
 

@@ -18,7 +18,7 @@ PAD_SLACK = 1.25
 
 class DecodeAttention(Protocol):
     """One decode step's attention: :func:`paged_decode_attention_torch` or the Triton kernel
-    (``picorl.engine.triton_decode.paged_decode_attention``). ``new_kv = (k, v, slots)``: this step's
+    (``picorl.engine.layers.triton_decode.paged_decode_attention``). ``new_kv = (k, v, slots)``: this step's
     K/V (``[B, kv_heads, head_dim]``), stored at ``slots`` before they are attended to."""
 
     def __call__(
@@ -129,10 +129,10 @@ def paged_decode_attention_torch(
 
 
 def decode_attention_backend(name: str, device: torch.device) -> DecodeAttention:
-    """``torch``, ``triton`` (``picorl.engine.triton_decode``), or ``auto``: Triton on CUDA when available."""
+    """``torch``, ``triton`` (``picorl.engine.layers.triton_decode``), or ``auto``: Triton on CUDA when available."""
     if name == "torch" or (name == "auto" and device.type != "cuda"):
         return paged_decode_attention_torch
-    from picorl.engine.triton_decode import paged_decode_attention, triton_available
+    from picorl.engine.layers.triton_decode import paged_decode_attention, triton_available
 
     if triton_available() and device.type == "cuda":
         return paged_decode_attention

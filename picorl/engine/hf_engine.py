@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from picorl.rollout.types import Completion, SamplingParams, eos_token_ids
+from picorl.engine.types import Completion, SamplingParams, eos_token_ids
 
 
 class HFEngine:
@@ -19,11 +19,18 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.last_stats: dict[str, float] = {}
 
+    @property
+    def kv_cache_bytes(self) -> int:
+        return 0
+
     def sleep(self) -> None:
         pass
 
     def wake_up(self) -> None:
         pass
+
+    def fit_kv_cache(self, training_peak_bytes: int) -> int | None:
+        return None
 
     @torch.inference_mode()
     def generate(

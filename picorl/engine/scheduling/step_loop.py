@@ -25,10 +25,10 @@ from time import perf_counter
 
 import torch
 
-from picorl.engine.sampler import Sampler
-from picorl.engine.scheduler import Batch, Scheduler
-from picorl.engine.sequence import Sequence, Status
-from picorl.engine.stopping import StopChecker
+from picorl.engine.layers.sampler import Sampler
+from picorl.engine.scheduling.scheduler import Batch, Scheduler
+from picorl.engine.scheduling.sequence import Sequence, Status
+from picorl.engine.scheduling.stopping import StopChecker
 
 PLACEHOLDER = -1  # a token not known on the host yet; an embedding lookup of it would fail loudly
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from picorl.engine.model_runner import DecodeInputs
-from picorl.engine.sequence import Sequence
+from picorl.engine.runner.model_runner import DecodeInputs
+from picorl.engine.scheduling.sequence import Sequence
 
 
 class DecodeInputBuilder:

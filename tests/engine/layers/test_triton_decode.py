@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from picorl.engine.triton_decode import paged_decode_attention, triton_available
+from picorl.engine.layers.triton_decode import paged_decode_attention, triton_available
 
 
 def gpu(test):
@@ -183,7 +183,7 @@ def last_slots(tables: torch.Tensor, lens: torch.Tensor, page: int) -> torch.Ten
 
 def check_new_kv(lens, num_splits=None, dtype=torch.bfloat16, num_heads=32, num_kv_heads=8, head_dim=128):
     """The kernel storing the new token's K/V itself == store_kv, then attention without new_kv."""
-    from picorl.engine.attention import store_kv
+    from picorl.engine.layers.attention import store_kv
 
     gen = torch.Generator(device="cuda").manual_seed(len(lens) * 7 + (num_splits or 0))
     q, k, v, tables, lens_t = make_inputs(lens, num_heads, num_kv_heads, head_dim, dtype, gen=gen)

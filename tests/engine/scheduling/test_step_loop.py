@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from picorl.engine import EngineConfig, LLMEngine
-from picorl.engine.step_loop import PLACEHOLDER
-from picorl.rollout.types import SamplingParams
+from picorl.engine.scheduling.step_loop import PLACEHOLDER
+from picorl.engine.types import SamplingParams
 
 LENGTHS = [3, 4, 7, 9, 16]
 

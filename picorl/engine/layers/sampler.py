@@ -2,7 +2,7 @@
 
 The log-prob returned for each sampled token is under ``log_softmax(logits / T)`` (T = 1 when
 greedy), before top-k / top-p truncation: the quantity the trainer recomputes (see
-``picorl.rollout.types``). Randomness comes only from the seed (or the generator passed in), so a
+``picorl.engine.types``). Randomness comes only from the seed (or the generator passed in), so a
 seed reproduces a run. On CUDA, without top-k / top-p, one Triton pass does it all
 (``triton_sample.py``); otherwise the torch code below.
 """
@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from picorl.engine.triton_sample import fused_sample, fused_sampling_available
-from picorl.rollout.types import SamplingParams
+from picorl.engine.layers.triton_sample import fused_sample, fused_sampling_available
+from picorl.engine.types import SamplingParams
 
 Sampler = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

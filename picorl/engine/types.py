@@ -62,7 +62,14 @@ class RolloutEngine(Protocol):
     ``generate`` returns, for each prompt, ``n`` completions (a GRPO group is n samples of ONE
     prompt, so engines may prefill the prompt once and fork it). ``sleep`` frees whatever memory
     the engine holds between rollouts (its KV cache) so training can use it; ``wake_up`` restores it.
+    ``last_stats`` describes the last ``generate`` call (``tokens_per_s`` at least, when it ran);
+    ``kv_cache_bytes`` is the KV cache's size (0 for an engine without one).
     """
+
+    last_stats: dict[str, float]
+
+    @property
+    def kv_cache_bytes(self) -> int: ...
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, n: int = 1
@@ -71,6 +78,12 @@ class RolloutEngine(Protocol):
     def sleep(self) -> None: ...
 
     def wake_up(self) -> None: ...
+
+    def fit_kv_cache(self, training_peak_bytes: int) -> int | None:
+        """Size the KV cache once the first training step has shown its peak allocated memory, so the
+        cache never leaves the next step short; returns the new size in bytes, or None when the
+        engine keeps its size (no KV cache, not on a GPU, or a size fixed by its config)."""
+        ...
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from picorl.engine.vmm import VirtualKVStorage, VMMKVStorage, kv_budget_bytes, vmm_available
+from picorl.engine.memory.vmm import VirtualKVStorage, VMMKVStorage, vmm_available
 
 _GIB = 1 << 30
 
@@ -134,20 +134,6 @@ def test_engine_storage_interface_keeps_its_buffer_address():
     again.fill_(3)
     assert int(buffer[-1]) == 3
     storage.close()
-
-
-@gpu
-def test_kv_budget_bytes():
-    torch.cuda.empty_cache()
-    free = free_bytes()
-    half = kv_budget_bytes(fraction=0.5)
-    assert abs(half - free / 2) < 0.02 * free
-    assert kv_budget_bytes(fraction=0.5, reserve_bytes=_GIB) == pytest.approx(half - _GIB / 2, rel=0.02)
-    assert kv_budget_bytes(gib=1.5) == int(1.5 * _GIB)
-    with pytest.raises(MemoryError, match="exceeds"):
-        kv_budget_bytes(gib=10_000)
-    with pytest.raises(ValueError, match="exactly one"):
-        kv_budget_bytes(fraction=0.5, gib=1)
 
 
 def test_unavailable_without_cuda_is_reported_clearly():

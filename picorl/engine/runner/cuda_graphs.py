@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from picorl.engine.kv_cache import KVCache
-from picorl.engine.model_runner import DecodeInputs, ModelRunner
+from picorl.engine.memory.kv_cache import KVCache
+from picorl.engine.runner.model_runner import DecodeInputs, ModelRunner
 
 
 class DecodeGraphs:

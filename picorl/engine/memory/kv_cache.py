@@ -7,7 +7,7 @@ block the block manager never hands out: padded rows of a CUDA-graph batch write
 
 The memory comes from a :class:`KVStorage`, so that sleep/wake can be done by plain free and
 re-allocate (:class:`TorchKVStorage`) or by CUDA virtual memory that keeps the address and thus the
-captured CUDA graphs valid (``picorl.engine.vmm.VMMKVStorage``).
+captured CUDA graphs valid (``picorl.engine.memory.vmm.VMMKVStorage``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Protocol
 
 import torch
 
-GIB = 1 << 30
+from picorl.units import GIB
+
 DEFAULT_GPU_FRACTION = 0.5  # of the free GPU memory, when no size is given
 DEFAULT_CPU_GIB = 1.0  # pages are touched only as blocks fill, so this costs nothing up front
 
@@ -81,7 +82,7 @@ def make_kv_storage(kind: str, device: torch.device) -> KVStorage:
     """``torch``, ``vmm`` (CUDA virtual memory) or ``auto`` (vmm when CUDA and cuda-bindings are there)."""
     if kind == "torch" or (kind == "auto" and device.type != "cuda"):
         return TorchKVStorage(device)
-    from picorl.engine.vmm import VMMKVStorage, vmm_available
+    from picorl.engine.memory.vmm import VMMKVStorage, vmm_available
 
     if vmm_available() and device.type == "cuda":
         return VMMKVStorage(device)
@@ -99,18 +100,43 @@ def block_bytes(
     return 2 * num_layers * block_size * num_kv_heads * head_dim * dtype.itemsize
 
 
-def budget_bytes(device: torch.device, kv_cache_gib: float | None, kv_cache_fraction: float | None) -> int:
-    """The KV-cache budget: ``kv_cache_gib``, else a fraction of the memory free now."""
-    if kv_cache_gib is not None:
-        return int(kv_cache_gib * GIB)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        # memory PyTorch has cached but not handed out is free for the cache too
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free * (kv_cache_fraction or DEFAULT_GPU_FRACTION))
-    if kv_cache_fraction is None:
-        return int(DEFAULT_CPU_GIB * GIB)
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * kv_cache_fraction)
+def kv_budget_bytes(
+    device: torch.device,
+    kv_cache_gib: float | None = None,
+    kv_cache_fraction: float | None = None,
+    reserve_bytes: int = 0,
+) -> int:
+    """The KV-cache budget in bytes: ``kv_cache_gib`` if set, else ``kv_cache_fraction`` of the memory
+    available now (half of it on a GPU when neither is set; 1 GiB on a CPU).
+
+    On a GPU, "available" is free memory plus what torch's allocator caches but does not use, minus
+    ``reserve_bytes`` (what training transiently needs on top of what it keeps: call this with the
+    cache released after a training step, so free memory already excludes the weights and optimizer
+    state). A fixed size larger than that is refused with a ``MemoryError``.
+    """
+    if device.type != "cuda":
+        if kv_cache_gib is not None:
+            return int(kv_cache_gib * GIB)
+        if kv_cache_fraction is None:
+            return int(DEFAULT_CPU_GIB * GIB)
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * kv_cache_fraction)
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    available = free + cached - reserve_bytes
+    if available <= 0:
+        raise MemoryError(
+            f"no GPU memory left for a KV cache: {free / GIB:.2f} GiB free + {cached / GIB:.2f} GiB cached, "
+            f"{reserve_bytes / GIB:.2f} GiB reserved"
+        )
+    if kv_cache_gib is None:
+        return int(available * (kv_cache_fraction or DEFAULT_GPU_FRACTION))
+    wanted = int(kv_cache_gib * GIB)
+    if wanted > available:
+        raise MemoryError(
+            f"KV-cache budget of {kv_cache_gib} GiB exceeds the {available / GIB:.2f} GiB available "
+            "(free + cached - reserve); lower kv_cache_gib or use kv_cache_fraction"
+        )
+    return wanted
 
 
 class KVCache:

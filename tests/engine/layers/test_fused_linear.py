@@ -1,4 +1,4 @@
-"""picorl.engine.fused_linear: re-homing the trainer's q/k/v and gate/up weights into one buffer,
+"""picorl.engine.layers.fused_linear: re-homing the trainer's q/k/v and gate/up weights into one buffer,
 checked against the modules' own forwards (plain, Qwen2 biases, PEFT LoRA in fp32 and bf16), training
 through the re-homed parameters, and save/load."""
 
@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from picorl.engine.fused_linear import (
+from picorl.engine.layers.fused_linear import (
     adapters_supported,
     base_linear,
     fuse_weights,

@@ -21,7 +21,13 @@ from time import perf_counter
 
 import torch
 
-from picorl.engine.model_runner import LayerSteps, ModelRunner, final_logits, post_attention, pre_attention
+from picorl.engine.runner.model_runner import (
+    LayerSteps,
+    ModelRunner,
+    final_logits,
+    post_attention,
+    pre_attention,
+)
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 # Each architecture x dtype x adapter state x {batch 1, any batch} is one entry per compiled

@@ -96,7 +96,7 @@ def fused_sample(logits: torch.Tensor, temperature: float, seed: int) -> tuple[t
     unit stride along the vocabulary.
     """
     if not _HAS_TRITON:
-        raise RuntimeError("fused_sample needs Triton; use picorl.engine.sampler.sample")
+        raise RuntimeError("fused_sample needs Triton; use picorl.engine.layers.sampler.sample")
     if logits.dim() != 2 or logits.stride(1) != 1 or logits.device.type != "cuda":
         raise ValueError(
             f"fused_sample needs CUDA logits [B, vocab] with unit vocabulary stride; got {tuple(logits.shape)} "

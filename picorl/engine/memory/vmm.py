@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from picorl.units import GIB
+
 try:
     from cuda.bindings import driver as _cu
 
@@ -20,7 +22,6 @@ try:
 except ImportError:  # CPU installs, or the cuda-bindings package (pip install cuda-bindings) missing
     _HAS_BINDINGS = False
 
-_GIB = 1 << 30
 
 
 def vmm_available() -> bool:
@@ -160,8 +161,8 @@ class VirtualKVStorage:
             except _CudaError as err:
                 free, total = torch.cuda.mem_get_info(self.device)
                 raise MemoryError(
-                    f"cannot map the KV cache: it needs {self.num_bytes / _GIB:.2f} GiB but only {free / _GIB:.2f} "
-                    f"of {total / _GIB:.2f} GiB are free on {self.device} ({err}). Lower the KV-cache memory "
+                    f"cannot map the KV cache: it needs {self.num_bytes / GIB:.2f} GiB but only {free / GIB:.2f} "
+                    f"of {total / GIB:.2f} GiB are free on {self.device} ({err}). Lower the KV-cache memory "
                     "budget, or free the training tensors still alive before waking the engine."
                 ) from err
         try:
@@ -221,43 +222,3 @@ class VMMKVStorage:
             self.buffer = None
             self.storage.close()
             self.storage = None
-
-
-def kv_budget_bytes(
-    fraction: float | None = None,
-    gib: float | None = None,
-    reserve_bytes: int = 0,
-    device: torch.device | str | int = "cuda",
-) -> int:
-    """Bytes to give the KV cache, from a user budget: a ``fraction`` of the memory available now, or
-    a fixed size in ``gib``. Exactly one of the two.
-
-    "Available" is free GPU memory plus what torch's allocator caches but does not use, minus
-    ``reserve_bytes`` (rollout activations, logits, CUDA-graph pools). Call it after a training step
-    with the cache released, so that free memory already excludes what training keeps between steps
-    (weights, optimizer state); if the cache stays mapped during training, put the training step's
-    peak minus its resting memory into ``reserve_bytes`` too.
-    """
-    if (fraction is None) == (gib is None):
-        raise ValueError("give exactly one KV-cache budget: fraction= (of available memory) or gib=")
-    if fraction is not None and not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if gib is not None and gib <= 0:
-        raise ValueError(f"gib must be positive, got {gib}")
-    free, _ = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    available = free + cached - reserve_bytes
-    if available <= 0:
-        raise MemoryError(
-            f"no GPU memory left for a KV cache: {free / _GIB:.2f} GiB free + {cached / _GIB:.2f} GiB cached, "
-            f"{reserve_bytes / _GIB:.2f} GiB reserved"
-        )
-    if fraction is not None:
-        return int(fraction * available)
-    wanted = int(gib * _GIB)
-    if wanted > available:
-        raise MemoryError(
-            f"KV-cache budget of {gib} GiB exceeds the {available / _GIB:.2f} GiB available "
-            f"(free + cached - reserve); lower it or use fraction="
-        )
-    return wanted

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from picorl.engine.block_manager import BlockManager
-from picorl.engine.sequence import Sequence, Status
+from picorl.engine.scheduling.block_manager import BlockManager
+from picorl.engine.scheduling.sequence import Sequence, Status
 
 
 @dataclass

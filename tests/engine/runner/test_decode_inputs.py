@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import torch
 
-from picorl.engine.block_manager import BlockManager
-from picorl.engine.decode_inputs import DecodeInputBuilder
-from picorl.engine.model_runner import ModelRunner
-from picorl.engine.scheduler import Scheduler
-from picorl.engine.sequence import Sequence
+from picorl.engine.runner.decode_inputs import DecodeInputBuilder
+from picorl.engine.runner.model_runner import ModelRunner
+from picorl.engine.scheduling.block_manager import BlockManager
+from picorl.engine.scheduling.scheduler import Scheduler
+from picorl.engine.scheduling.sequence import Sequence
 
 BLOCK_SIZE, NUM_BLOCKS = 4, 24
 

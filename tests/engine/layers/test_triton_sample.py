@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from picorl.engine.sampler import make_generator, make_sampler, sample
-from picorl.engine.triton_sample import BLOCK, fused_sample, fused_sampling_available
-from picorl.rollout.types import SamplingParams
+from picorl.engine.layers.sampler import make_generator, make_sampler, sample
+from picorl.engine.layers.triton_sample import BLOCK, fused_sample, fused_sampling_available
+from picorl.engine.types import SamplingParams
 
 
 def gpu(test):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from picorl.rollout.types import FinishReason
+from picorl.engine.types import FinishReason
 
 
 class Status(Enum):

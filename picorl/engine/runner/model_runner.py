@@ -6,9 +6,9 @@ final ``norm`` and ``lm_head``. PEFT LoRA layers among them run unmerged, exactl
 an optimizer step on any weight shows in the next call. Only attention (with the model's own rotary
 module) is done here, against the paged KV cache. The module calls between two attention calls are
 grouped in ``pre_attention`` / ``post_attention`` so that they can be compiled as a unit
-(``picorl.engine.compiled``): the modules and their parameters stay the model's own either way.
+(``picorl.engine.runner.compiled``): the modules and their parameters stay the model's own either way.
 With ``fuse_projections``, q/k/v and gate/up each run as one GEMM over a buffer that their weights
-were re-homed into (``picorl.engine.fused_linear``: still the trainer's parameters, not copies),
+were re-homed into (``picorl.engine.layers.fused_linear``: still the trainer's parameters, not copies),
 plus each LoRA layer's own adapters.
 """
 
@@ -20,17 +20,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from picorl.engine.architecture import ModelSpec
-from picorl.engine.attention import DecodeAttention, prefill_attention, store_kv
-from picorl.engine.fused_linear import (
+from picorl.engine.layers.attention import DecodeAttention, prefill_attention, store_kv
+from picorl.engine.layers.fused_linear import (
     FusedWeights,
     adapters_supported,
     fuse_weights,
     fused_forward,
     is_intact,
 )
-from picorl.engine.kv_cache import KVCache
-from picorl.engine.sequence import Sequence
+from picorl.engine.memory.kv_cache import KVCache
+from picorl.engine.runner.architecture import ModelSpec
+from picorl.engine.scheduling.sequence import Sequence
 
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -213,7 +213,7 @@ def final_logits(norm: nn.Module, lm_head: nn.Module, hidden: torch.Tensor) -> t
 
 @dataclass(frozen=True)
 class LayerSteps:
-    """The computation between attention calls, eager or compiled (``picorl.engine.compiled``)."""
+    """The computation between attention calls, eager or compiled (``picorl.engine.runner.compiled``)."""
 
     pre_attention: Callable = pre_attention
     post_attention: Callable = post_attention

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from picorl.rollout.types import SamplingParams
+from picorl.engine.types import SamplingParams
 
 
 def check_prompts(

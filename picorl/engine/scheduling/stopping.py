@@ -3,8 +3,8 @@ its decoded text, or ``max_tokens``. Stop tokens and strings finish with "stop",
 
 from __future__ import annotations
 
-from picorl.engine.sequence import Sequence
-from picorl.rollout.types import SamplingParams
+from picorl.engine.scheduling.sequence import Sequence
+from picorl.engine.types import SamplingParams
 
 # Bytes per character at most in UTF-8: a stop string of L characters spans at most 4 L byte-level
 # tokens; the tail decoded for the check is that long plus a margin for decoders that merge tokens.

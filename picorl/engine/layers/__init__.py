@@ -1,0 +1,1 @@
+"""Layers and kernels: attention (torch and Triton), the sampler, fused projections."""

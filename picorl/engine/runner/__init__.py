@@ -1,0 +1,1 @@
+"""The model runner: the trainer's modules run step by step over the paged cache, compiled and graphed."""

@@ -1,0 +1,95 @@
+"""What a run sets up before it trains or evaluates: the device, the seeds, the task-seed ranges and
+the rollout engine. ``train/`` and ``eval/`` both build on this module, so neither imports the other
+for it.
+
+Task seeds live in three disjoint ranges, so no eval or SFT task is ever a training task:
+
+- training tasks: ``[0, EVAL_SEEDS_START)`` (a fixed function of run seed, update and group);
+- eval sets: from ``EVAL_SEEDS_START`` (a fixed function of eval seed, tier and index);
+- SFT demonstrations and the post-SFT check: from ``SFT_SEEDS_START``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from picorl.config import Config
+from picorl.engine import EngineConfig, HFEngine, LLMEngine, RolloutEngine, SamplingParams
+from picorl.envs.base import Env
+from picorl.envs.registry import make_env
+
+EVAL_SEEDS_START = 2**40  # training task seeds are below it
+SFT_SEEDS_START = 2**41
+LONGEST_PROMPT_TOKENS = 1024  # prompts of the hardest letter-counting tier are ~600 tokens
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when visible, else CPU) or a device name; a clear error for a missing GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_task_seeds(seed: int, update: int, start: int, count: int) -> list[int]:
+    """Training task seeds of groups ``start .. start + count``: a fixed function of (run seed, update,
+    group), below ``EVAL_SEEDS_START``."""
+    return [(seed * 1_000_003 + update * 10_007 + g) % EVAL_SEEDS_START for g in range(start, start + count)]
+
+
+def eval_task_seeds(tier: int, num_tasks: int, eval_seed: int) -> list[int]:
+    """The fixed seeds of a tier's eval set (disjoint from training seeds)."""
+    return [EVAL_SEEDS_START + eval_seed * 1_000_003 + tier * 100_000 + i for i in range(num_tasks)]
+
+
+def sft_task_seeds(count: int, offset: int = 0) -> list[int]:
+    """Seeds of SFT demonstrations (``offset`` 0) and of the post-SFT check (a later offset)."""
+    return list(range(SFT_SEEDS_START + offset, SFT_SEEDS_START + offset + count))
+
+
+def train_env_factory(config: Config) -> Callable[[], Env]:
+    """Fresh training environments, as ``config.env`` says."""
+    env = config.env
+    return partial(make_env, env.env, difficulty=env.train_difficulty, reward_mode=env.reward_mode)
+
+
+def train_sampling_params(config: Config) -> SamplingParams:
+    """How training rollouts sample (``config.rollout``); each draw adds its own seed."""
+    rollout = config.rollout
+    return SamplingParams(
+        max_tokens=rollout.max_tokens, temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k
+    )
+
+
+def make_engine(config: Config, model, tokenizer, device: torch.device) -> RolloutEngine:
+    """The built-in paged engine (default) or the transformers reference engine (``--engine hf``).
+
+    The paged engine runs the policy's own modules, so it needs no weight sync, ever: an optimizer
+    step is visible in the next rollout.
+    """
+    if config.rollout.engine == "hf":
+        return HFEngine(model, tokenizer)
+    rollout = config.rollout
+    engine_config = EngineConfig(
+        kv_cache_gib=rollout.kv_cache_gib,
+        kv_cache_fraction=rollout.kv_cache_fraction if device.type == "cuda" else None,
+        max_model_len=max_sequence_length(config),
+    )
+    return LLMEngine(model, tokenizer, engine_config)
+
+
+def max_sequence_length(config: Config) -> int:
+    """Longest prompt + completion a run can produce: every turn of the environment may add a completion."""
+    longest_completion = max(config.rollout.max_tokens, config.eval.eval_max_tokens or 0)
+    return LONGEST_PROMPT_TOKENS + longest_completion * make_env(config.env.env).max_turns
