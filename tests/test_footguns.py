@@ -10,6 +10,7 @@ import pickle
 import torch
 from peft import LoraConfig, get_peft_model
 
+from picorl.config import Config
 from picorl.engine import EngineConfig, LLMEngine
 from picorl.engine.types import SamplingParams
 from picorl.eval.evaluate import tier_metrics
@@ -75,9 +76,10 @@ def test_kl_reference_is_the_model_without_adapter_and_zero_at_start():
     class Batch:
         input_ids, attention_mask, action_mask = ids, torch.ones_like(ids), mask
 
-    ctx = UpdateContext(*([None] * 7), params=SamplingParams(), k=1, num_tasks=1, micro_batch_size=1,
-                        max_grad_norm=1.0, device=torch.device("cpu"), seed=0)  # fmt: skip
-    ctx.model = peft_model
+    ctx = UpdateContext(
+        config=Config(), model=peft_model, tokenizer=None, engine=None, make_env=None, optimizer=None,
+        lr_scheduler=None, device=torch.device("cpu"),
+    )  # fmt: skip
     policy = chosen_token_logprobs(peft_model, ids, torch.ones_like(ids), mask)
     assert torch.equal(_reference_logprobs(ctx, Batch), policy)
     with torch.no_grad():

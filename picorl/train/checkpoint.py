@@ -2,7 +2,7 @@
 
 ``runs/NAME/adapter/`` is a plain PEFT adapter (or, for full fine-tuning, a transformers model
 folder) that transformers/PEFT load directly. ``runs/NAME/checkpoint/`` adds what resuming needs:
-optimizer and scheduler state, the update counter and the random-number generators' states.
+optimizer and learning-rate schedule state, the update counter and the random-number generators' states.
 Each folder is written beside its final place and swapped in with renames, so a crash mid-save
 leaves the previous checkpoint intact.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
@@ -50,9 +49,7 @@ def save_adapter(model, tokenizer, path: Path) -> None:
     write_dir_atomically(path, write)
 
 
-def save_checkpoint(
-    run_dir: Path, model, tokenizer, update: int, optimizer, scheduler, extra: dict[str, Any]
-) -> None:
+def save_checkpoint(run_dir: Path, model, tokenizer, update: int, optimizer, lr_scheduler) -> None:
     """Save the adapter/weights and the trainer state after ``update`` updates."""
 
     def write(tmp: Path) -> None:
@@ -61,9 +58,8 @@ def save_checkpoint(
         state = {
             "update": update,
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-            "extra": extra,
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -72,8 +68,9 @@ def save_checkpoint(
     write_dir_atomically(run_dir / "checkpoint", write)
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[int, dict[str, Any]]:
-    """Restore a run's latest checkpoint into ``model``/``optimizer``/``scheduler``; returns (update, extra)."""
+def load_checkpoint(run_dir: Path, model, optimizer, lr_scheduler) -> int:
+    """Restore a run's latest checkpoint into ``model``/``optimizer``/``lr_scheduler``; returns the
+    number of updates it was saved after."""
     folder = _existing(run_dir / "checkpoint")
     if folder is None:
         raise ValueError(
@@ -89,9 +86,9 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[int, di
         model.load_state_dict(state, strict=False)
     state = torch.load(folder / STATE_FILE, weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["update"], state["extra"]
+    return state["update"]

@@ -7,7 +7,6 @@ checkpoint rows all use that one counter (SFT rows carry their own ``sft/step``)
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,14 +14,13 @@ import torch
 from picorl.algos.value_head import ValueHead, value_head_param_group
 from picorl.config import Config, dump_toml, resolve_auto, to_dict
 from picorl.engine.types import SamplingParams
-from picorl.envs.registry import make_env
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import UpdateProgress, format_sft_line
 from picorl.logging.metrics import MetricsLogger
 from picorl.logging.plots import plot_training_curves
 from picorl.models import load_model_and_tokenizer
 from picorl.rollout.episodes import run_episodes
-from picorl.runtime import make_engine, pick_device, seed_everything, sft_task_seeds
+from picorl.runtime import make_engine, pick_device, seed_everything, sft_task_seeds, train_env_factory
 from picorl.train.checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from picorl.train.policy import make_policy, trainable_parameters
 from picorl.train.sft import run_sft
@@ -58,16 +56,16 @@ def train(config: Config) -> Path:
         model = make_policy(model, config.model)
         value_head = make_value_head(model, config, device)
         groups = [{"params": trainable_parameters(model)}]
-        if value_head is not None:  # made before the optimizer, so it is trained (defect 8 of the seed)
+        if value_head is not None:
             groups.append(value_head_param_group(value_head, config.algo.value_lr))
         optimizer = torch.optim.AdamW(groups, lr=config.train.lr, weight_decay=config.train.weight_decay)
-        warmup = config.train.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
+        warmup_steps = config.train.warmup_steps
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
         )
         start = 0
         if config.run.resume and (run_dir / "checkpoint").exists():
-            start, _ = load_checkpoint(run_dir, model, optimizer, scheduler)
+            start = load_checkpoint(run_dir, model, optimizer, lr_scheduler)
             progress.print(f"resumed after update {start}")
         logger = MetricsLogger(
             run_dir, run_name=run_dir.name, config=_flat(config), wandb=config.run.wandb,
@@ -75,14 +73,8 @@ def train(config: Config) -> Path:
         )  # fmt: skip
         engine = make_engine(config, model, tokenizer, device)
         ctx = UpdateContext(
-            model=model, tokenizer=tokenizer, engine=engine, algo=config.algo,
-            make_env=partial(make_env, config.env.env, difficulty=config.env.train_difficulty,
-                             reward_mode=config.env.reward_mode),
-            optimizer=optimizer, scheduler=scheduler, params=SamplingParams(
-                max_tokens=config.rollout.max_tokens, temperature=config.rollout.temperature,
-                top_p=config.rollout.top_p, top_k=config.rollout.top_k),
-            k=config.rollout.k, num_tasks=config.rollout.num_tasks, micro_batch_size=config.train.micro_batch_size,
-            max_grad_norm=config.train.max_grad_norm, device=device, seed=config.train.seed, value_head=value_head,
+            config=config, model=model, tokenizer=tokenizer, engine=engine, make_env=train_env_factory(config),
+            optimizer=optimizer, lr_scheduler=lr_scheduler, device=device, value_head=value_head,
         )  # fmt: skip
 
         def run_eval(step: int) -> None:
@@ -98,12 +90,12 @@ def train(config: Config) -> Path:
             progress.eval(step, metrics)
 
         def save(step: int) -> None:
-            save_checkpoint(run_dir, model, tokenizer, step, optimizer, scheduler, {})
+            save_checkpoint(run_dir, model, tokenizer, step, optimizer, lr_scheduler)
             save_adapter(model, tokenizer, run_dir / "adapter")
 
         if start == 0:
             if config.sft.sft_steps:
-                warm_up(config, ctx, logger, progress)
+                sft_warm_up(config, ctx, logger, progress)
             run_eval(0)
             if total == 0:
                 save(0)
@@ -135,7 +127,7 @@ def train(config: Config) -> Path:
     return run_dir
 
 
-def warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progress: UpdateProgress) -> None:
+def sft_warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progress: UpdateProgress) -> None:
     """SFT on the environment's demonstrations, then a greedy check of format and reward."""
     sft = config.sft
     env = ctx.make_env()
@@ -151,7 +143,7 @@ def warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progress:
         ctx.model, ctx.tokenizer, chats, steps=sft.sft_steps, batch_size=sft.sft_batch_size, lr=sft.sft_lr,
         device=ctx.device, log=log,
     )  # fmt: skip
-    params = SamplingParams(max_tokens=ctx.params.max_tokens, temperature=0.0)
+    params = SamplingParams(max_tokens=config.rollout.max_tokens, temperature=0.0)
     seeds = sft_task_seeds(32, offset=10**6)
     episodes = run_episodes(ctx.make_env, seeds, ctx.engine, ctx.tokenizer, params)
     post = {
@@ -168,7 +160,8 @@ def warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progress:
 
 
 def make_value_head(model, config: Config, device):
-    """PPO's value head, created BEFORE the optimizer so that it is trained (defect 8 of the seed)."""
+    """PPO's value head. The trainer makes it BEFORE the optimizer, so that the optimizer trains it
+    (the seed made it after, and its value head never learned)."""
     if config.algo.algo != "ppo":
         return None
     return ValueHead(model.config.hidden_size).to(device)

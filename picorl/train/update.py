@@ -5,6 +5,7 @@ Read top to bottom, this is the whole RL algorithm; the formulas live in :mod:`p
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,11 +14,11 @@ import torch
 
 from picorl.algos import advantages as adv
 from picorl.algos import losses, value_head
-from picorl.algos.config import AlgoConfig
-from picorl.engine.types import RolloutEngine, SamplingParams
+from picorl.config import Config
+from picorl.engine.types import RolloutEngine
 from picorl.envs.base import Env
 from picorl.rollout.episodes import Episode, run_episodes
-from picorl.runtime import train_task_seeds
+from picorl.runtime import train_sampling_params, train_task_seeds
 from picorl.train.batch import MicroBatch, make_micro_batches
 from picorl.train.logprobs import chosen_token_logprobs
 from picorl.units import GIB
@@ -25,48 +26,45 @@ from picorl.units import GIB
 
 @dataclass
 class UpdateContext:
-    """What an update needs besides the batch: built once by the trainer."""
+    """What an update needs besides its number: the run's settings (``config``; k, the batch sizes,
+    the algorithm, the seed are read there) and what the trainer builds from them once."""
 
+    config: Config
     model: torch.nn.Module
     tokenizer: object
     engine: RolloutEngine
-    make_env: Callable[[], Env]
-    algo: AlgoConfig
+    make_env: Callable[[], Env]  # fresh training environments (``runtime.train_env_factory``)
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    params: SamplingParams
-    k: int
-    num_tasks: int
-    micro_batch_size: int
-    max_grad_norm: float
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
-    seed: int
     value_head: torch.nn.Module | None = None
 
 
 def collect(ctx: UpdateContext, update: int) -> tuple[list[Episode], dict[str, float]]:
     """Sample ``num_tasks`` groups of k episodes. With ``zero_variance="dynamic"`` (DAPO) keep drawing
     groups, at most ``dynamic_max_draws`` rounds, until ``num_tasks`` groups have reward variance."""
+    algo, rollout = ctx.config.algo, ctx.config.rollout
+    num_tasks = rollout.num_tasks
     episodes: list[Episode] = []
     drawn, rounds = 0, 0
     while True:
-        seeds = train_task_seeds(ctx.seed, update, drawn, ctx.num_tasks)
-        params = SamplingParams(**{**ctx.params.__dict__, "seed": seeds[0]})
-        new = run_episodes(ctx.make_env, seeds, ctx.engine, ctx.tokenizer, params, k=ctx.k)
+        seeds = train_task_seeds(ctx.config.train.seed, update, drawn, num_tasks)
+        params = dataclasses.replace(train_sampling_params(ctx.config), seed=seeds[0])
+        new = run_episodes(ctx.make_env, seeds, ctx.engine, ctx.tokenizer, params, k=rollout.k)
         for e in new:
             e.group += drawn
         episodes += new
-        drawn += ctx.num_tasks
+        drawn += num_tasks
         rounds += 1
-        if ctx.algo.zero_variance != "dynamic" or rounds >= ctx.algo.dynamic_max_draws:
+        if algo.zero_variance != "dynamic" or rounds >= algo.dynamic_max_draws:
             break
         informative = _informative_groups(episodes)
-        if len(informative) >= ctx.num_tasks:
+        if len(informative) >= num_tasks:
             break
-    if ctx.algo.zero_variance == "dynamic":
-        keep = set(sorted(_informative_groups(episodes))[: ctx.num_tasks])
-        if len(keep) < ctx.num_tasks:  # bounded: fill with uninformative groups rather than loop forever
-            keep |= set(sorted({e.group for e in episodes} - keep)[: ctx.num_tasks - len(keep)])
+    if algo.zero_variance == "dynamic":
+        keep = set(sorted(_informative_groups(episodes))[:num_tasks])
+        if len(keep) < num_tasks:  # bounded: fill with uninformative groups rather than loop forever
+            keep |= set(sorted({e.group for e in episodes} - keep)[: num_tasks - len(keep)])
         episodes = [e for e in episodes if e.group in keep]
     return episodes, {"groups/drawn": float(drawn)}
 
@@ -96,22 +94,24 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
     group_ids = torch.tensor([e.group for e in episodes])
     lengths = torch.tensor([e.num_generated for e in episodes])
     truncated = torch.tensor([e.truncated for e in episodes])
-    shaped = adv.apply_overlong(rewards, lengths, truncated, ctx.params.max_tokens, ctx.algo)
-    advantages = adv.compute_advantages(shaped, group_ids, ctx.algo)
-    include = adv.loss_mask_for_sequences(shaped, group_ids, truncated, ctx.algo)
+    algo, max_tokens = ctx.config.algo, ctx.config.rollout.max_tokens
+    shaped = adv.apply_overlong(rewards, lengths, truncated, max_tokens, algo)
+    advantages = adv.compute_advantages(shaped, group_ids, algo)
+    include = adv.loss_mask_for_sequences(shaped, group_ids, truncated, algo)
 
     t1 = time.perf_counter()
     batches = make_micro_batches(
-        episodes, advantages, ctx.micro_batch_size, ctx.tokenizer.pad_token_id, ctx.device, include.tolist()
-    )
-    train_metrics = optimize(ctx, batches, max_completion_length=ctx.params.max_tokens) if batches else {}
+        episodes, advantages, ctx.config.train.micro_batch_size, ctx.tokenizer.pad_token_id, ctx.device,
+        include.tolist(),
+    )  # fmt: skip
+    train_metrics = optimize(ctx, batches, max_completion_length=max_tokens) if batches else {}
     t_train = time.perf_counter() - t1
 
     metrics.update(rollout_metrics(episodes, rewards, group_ids, advantages, include))
     metrics.update(train_metrics)
     metrics.update(
         {
-            "lr": ctx.scheduler.get_last_lr()[0],
+            "lr": ctx.lr_scheduler.get_last_lr()[0],
             "time/rollout_s": t_rollout,
             "time/train_s": t_train,
             "time/update_s": time.perf_counter() - t0,
@@ -131,7 +131,7 @@ def _forward(ctx: UpdateContext, mb: MicroBatch, with_values: bool):
         mb.input_ids,
         mb.attention_mask,
         mb.action_mask,
-        ctx.params.temperature,
+        ctx.config.rollout.temperature,
         return_hidden=with_values,
     )
     if not with_values:
@@ -144,7 +144,7 @@ def optimize(ctx: UpdateContext, batches: list[MicroBatch], max_completion_lengt
     """Loss on micro-batches, gradient accumulation, clipping and optimizer steps: ``num_iterations``
     epochs over the rollout batch (``ppo_minibatches`` optimizer steps per epoch), against the
     log-probs (and, for PPO, values) stored before the first step."""
-    algo = ctx.algo
+    algo = ctx.config.algo
     ppo = algo.algo == "ppo"
     totals = {
         "total_sequences": sum(len(mb.index) for mb in batches),
@@ -192,7 +192,7 @@ def optimize(ctx: UpdateContext, batches: list[MicroBatch], max_completion_lengt
                     metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * len(mb.index)
             grad_norm = _clip(ctx)
             ctx.optimizer.step()
-            ctx.scheduler.step()
+            ctx.lr_scheduler.step()
             ctx.optimizer.zero_grad(set_to_none=True)
             steps += 1
     metrics = {key: value / (totals["total_sequences"] * steps) for key, value in metric_sums.items()}
@@ -215,9 +215,8 @@ def _clip(ctx: UpdateContext) -> float:
     params = [p for group in ctx.optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not params:
         return 0.0
-    return float(
-        torch.nn.utils.clip_grad_norm_(params, ctx.max_grad_norm if ctx.max_grad_norm > 0 else float("inf"))
-    )
+    max_norm = ctx.config.train.max_grad_norm
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
 
 
 def _reference_logprobs(ctx: UpdateContext, mb: MicroBatch) -> torch.Tensor:
@@ -228,14 +227,15 @@ def _reference_logprobs(ctx: UpdateContext, mb: MicroBatch) -> torch.Tensor:
         raise ValueError("beta > 0 needs a reference policy: use LoRA (the base model is the reference)")
     with disable():
         return chosen_token_logprobs(
-            ctx.model, mb.input_ids, mb.attention_mask, mb.action_mask, ctx.params.temperature
+            ctx.model, mb.input_ids, mb.attention_mask, mb.action_mask, ctx.config.rollout.temperature
         )
 
 
 def _gae(ctx: UpdateContext, mb: MicroBatch, values: torch.Tensor):
     """PPO's per-token advantages and returns; the batch carries raw rewards as its advantages for PPO."""
     rewards = value_head.outcome_rewards(mb.advantages, mb.action_mask)
-    return value_head.gae(rewards, values, mb.action_mask, ctx.algo.gamma, ctx.algo.gae_lambda)
+    algo = ctx.config.algo
+    return value_head.gae(rewards, values, mb.action_mask, algo.gamma, algo.gae_lambda)
 
 
 def rollout_metrics(episodes, rewards, group_ids, advantages, include) -> dict[str, float]:

@@ -1,7 +1,8 @@
 import torch
 
 from picorl.algos.config import AlgoConfig
-from picorl.engine.types import Completion, SamplingParams
+from picorl.config import Config, RolloutConfig, TrainConfig
+from picorl.engine.types import Completion
 from picorl.envs import Env, StepResult
 from picorl.train.update import UpdateContext, collect
 
@@ -37,10 +38,13 @@ class Tok:
 
 
 def context(engine, zero_variance, max_draws=3):
+    config = Config(
+        algo=AlgoConfig(zero_variance=zero_variance, dynamic_max_draws=max_draws),
+        rollout=RolloutConfig(k=4, num_tasks=2, max_tokens=256), train=TrainConfig(micro_batch_size=4, seed=0),
+    )
     return UpdateContext(
-        model=None, tokenizer=Tok(), engine=engine, make_env=Echo, optimizer=None, scheduler=None,
-        algo=AlgoConfig(zero_variance=zero_variance, dynamic_max_draws=max_draws), params=SamplingParams(),
-        k=4, num_tasks=2, micro_batch_size=4, max_grad_norm=1.0, device=torch.device("cpu"), seed=0,
+        config=config, model=None, tokenizer=Tok(), engine=engine, make_env=Echo, optimizer=None,
+        lr_scheduler=None, device=torch.device("cpu"),
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from picorl.algos import advantages as adv
 from picorl.algos.config import AlgoConfig
 from picorl.algos.value_head import ValueHead, value_head_param_group
+from picorl.config import Config, RolloutConfig, TrainConfig
 from picorl.engine import EngineConfig, LLMEngine
 from picorl.engine.types import SamplingParams
 from picorl.rollout.episodes import Episode
@@ -39,13 +40,16 @@ def train(algo: str, constant_reward: bool, updates: int, k: int = 8):
     if head is not None:
         groups.append(value_head_param_group(head, 1e-2))
     optimizer = torch.optim.AdamW(groups, lr=2e-2, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     params = SamplingParams(max_tokens=4, temperature=1.0, ignore_eos=True)
     engine = LLMEngine(model, None, EngineConfig(num_blocks=64))
+    config = Config(
+        algo=cfg, rollout=RolloutConfig(k=k, num_tasks=len(PROMPTS), max_tokens=4, temperature=1.0),
+        train=TrainConfig(micro_batch_size=8, max_grad_norm=1.0, seed=0),
+    )
     ctx = UpdateContext(
-        model=model, tokenizer=None, engine=engine, make_env=None, algo=cfg, optimizer=optimizer,
-        scheduler=scheduler, params=params, k=k, num_tasks=len(PROMPTS), micro_batch_size=8, max_grad_norm=1.0,
-        device=torch.device("cpu"), seed=0, value_head=head,
+        config=config, model=model, tokenizer=None, engine=engine, make_env=None, optimizer=optimizer,
+        lr_scheduler=lr_scheduler, device=torch.device("cpu"), value_head=head,
     )  # fmt: skip
     fractions = []
     for update in range(updates):
