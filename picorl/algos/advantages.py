@@ -207,20 +207,19 @@ def loss_mask_for_sequences(
     group_ids: torch.Tensor,
     truncated: torch.Tensor,
     cfg: AlgoConfig,
-    success: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """True for each sequence that enters the loss (and its normaliser).
 
     Left out: groups with all-equal rewards when ``zero_variance`` is ``drop`` or ``dynamic`` (so
-    they do not dilute the token or sequence counts); groups outside the success thresholds
-    (``success`` defaults to the rewards); truncated completions when ``overlong="mask"``.
+    they do not dilute the token or sequence counts); groups whose mean reward is outside the
+    success thresholds; truncated completions when ``overlong="mask"``.
     """
     keep = torch.ones(rewards.numel(), dtype=torch.bool, device=rewards.device)
     if cfg.zero_variance in ("drop", "dynamic"):
         keep &= ~zero_variance_mask(rewards, group_ids)
     if cfg.skip_group_success_above is not None or cfg.skip_group_success_below is not None:
         keep &= group_success_filter(
-            rewards if success is None else success,
+            rewards,
             group_ids,
             cfg.skip_group_success_above,
             cfg.skip_group_success_below,

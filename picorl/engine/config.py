@@ -9,6 +9,7 @@ import torch
 from picorl.options import check
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # the second compiles much longer
 
 
 @dataclass
@@ -33,7 +34,7 @@ class EngineConfig:
     )
     cuda_graph_batch_sizes: tuple[int, ...] | None = None  # None: 1, 2, 4, 8, 16, 32, ... up to max_num_seqs
     compile: bool | None = None  # torch.compile the modules between attention calls; None: on for CUDA
-    compile_mode: str = "default"  # or "max-autotune-no-cudagraphs" (much longer compile)
+    compile_mode: str = "default"  # one of COMPILE_MODES
     # lay each layer's q/k/v (and gate/up) weights out in one buffer, still the trainer's parameters,
     # so one GEMM computes them (``picorl.engine.layers.fused_linear``)
     fuse_projections: bool = True
@@ -69,8 +70,8 @@ class EngineConfig:
             f"decode_attention must be auto|triton|torch, got {self.decode_attention!r}",
         )
         check(
-            self.compile_mode in ("default", "max-autotune-no-cudagraphs"),
-            f"compile_mode must be default|max-autotune-no-cudagraphs, got {self.compile_mode!r}",
+            self.compile_mode in COMPILE_MODES,
+            f"compile_mode must be {'|'.join(COMPILE_MODES)}, got {self.compile_mode!r}",
         )
         check(
             self.kv_storage in ("auto", "vmm", "torch"),

@@ -20,7 +20,7 @@ from picorl.engine.layers.attention import decode_attention_backend, paged_decod
 from picorl.engine.layers.sampler import make_sampler
 from picorl.engine.memory.kv_cache import KVCache, KVStorage, block_bytes, kv_budget_bytes, make_kv_storage
 from picorl.engine.runner.architecture import inspect_model, weights_signature
-from picorl.engine.runner.compiled import compiled_steps, warm_up
+from picorl.engine.runner.compiled import compiled_steps, precompile
 from picorl.engine.runner.cuda_graphs import DecodeGraphs
 from picorl.engine.runner.decode_inputs import DecodeInputBuilder
 from picorl.engine.runner.model_runner import LayerSteps, ModelRunner
@@ -238,7 +238,7 @@ class LLMEngine:
         if not self.use_compile or "compile_s" in self.setup_stats:
             return
         try:
-            self.setup_stats["compile_s"] = warm_up(self.runner, self.config.max_num_seqs)
+            self.setup_stats["compile_s"] = precompile(self.runner, self.config.max_num_seqs)
         except Exception as e:  # any compiler failure: the eager modules compute the same
             self._disable_compile(e)
 

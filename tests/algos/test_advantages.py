@@ -157,10 +157,6 @@ def test_loss_mask_for_sequences():
     assert masked.tolist() == [True, True, True, False, True, True]
     easy = AlgoConfig(skip_group_success_above=0.9)
     assert adv.loss_mask_for_sequences(rewards, ids, truncated, easy).tolist() == [False, False] + [True] * 4
-    # success given separately (e.g. exact-match flags) overrides the rewards
-    success = T([0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
-    keep = adv.loss_mask_for_sequences(rewards, ids, truncated, easy, success)
-    assert keep.tolist() == [True, True] + [False] * 4
 
 
 def test_bad_inputs_are_clear_errors():

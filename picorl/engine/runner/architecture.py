@@ -20,11 +20,9 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCaus
 class ModelSpec:
     lm: nn.Module  # the transformers *ForCausalLM (PEFT layers, if any, live inside its modules)
     num_layers: int
-    num_heads: int
     num_kv_heads: int
     head_dim: int
     scale: float
-    qk_norm: bool  # Qwen3 normalizes q and k per head before the rotary embedding
     vocab_size: int
     max_position_embeddings: int
     dtype: torch.dtype
@@ -58,11 +56,9 @@ def inspect_model(model: nn.Module) -> ModelSpec:
     return ModelSpec(
         lm=lm,
         num_layers=len(layers),
-        num_heads=config.num_attention_heads,
         num_kv_heads=config.num_key_value_heads,
         head_dim=attn.head_dim,
         scale=attn.scaling,
-        qk_norm=hasattr(attn, "q_norm"),
         vocab_size=embed.shape[0],
         max_position_embeddings=config.max_position_embeddings,
         dtype=embed.dtype,

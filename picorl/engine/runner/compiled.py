@@ -29,16 +29,14 @@ from picorl.engine.runner.model_runner import (
     pre_attention,
 )
 
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 # Each architecture x dtype x adapter state x {batch 1, any batch} is one entry per compiled
 # function; torch's default of 8 would silently fall back to eager after a few model variants.
 RECOMPILE_LIMIT = 64
 
 
 def compiled_steps(mode: str = "default") -> LayerSteps:
-    """``LayerSteps`` whose functions are compiled (lazily, at their first call) with ``mode``."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {mode!r}")
+    """``LayerSteps`` whose functions are compiled (lazily, at their first call) with ``mode`` (one of
+    ``config.COMPILE_MODES``, checked by ``EngineConfig``)."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
@@ -64,7 +62,7 @@ def _token_dynamic(compiled: Callable) -> Callable:
     return call
 
 
-def warm_up(runner: ModelRunner, num_tokens: int) -> float:
+def precompile(runner: ModelRunner, num_tokens: int) -> float:
     """Compile the runner's steps now, on its first layer; returns the seconds it took.
 
     ``num_tokens`` (e.g. the largest decode batch) is the size the any-length graph is tuned at
