@@ -24,6 +24,7 @@ import torch
 from picorl.engine import EngineConfig, LLMEngine
 from picorl.engine.layers.sampler import make_sampler
 from picorl.engine.types import SamplingParams
+from picorl.units import GIB
 
 # Qwen3-4B (../shared/gpu.md); speed and memory do not depend on the weights' values.
 QWEN3_4B = dict(
@@ -214,7 +215,7 @@ def main() -> None:
     setup = timed(lambda: engine_tokens(engine, random_prompts(4, 16, spec.vocab_size, 1), 8))
     stats = engine.setup_stats
     print(
-        f"engine setup (KV cache {engine.kv_cache_bytes / 2**30:.1f} GiB, CUDA graphs): {setup:.1f} s, of which "
+        f"engine setup (KV cache {engine.kv_cache_bytes / GIB:.1f} GiB, CUDA graphs): {setup:.1f} s, of which "
         f"torch.compile {stats.get('compile_s', 0):.1f} s (compile={engine.use_compile}), "
         f"graph capture {stats.get('graph_capture_s', 0):.1f} s",
         flush=True,

@@ -58,7 +58,6 @@ class EnvConfig:
         "partial",
         "partial: 0.1 + 0.9 * fraction of letters exactly right (the seed's final rule); binary: 1/0.",
     )
-    max_turns: int = opt(1, "Cap on assistant turns per episode.")
 
     def __post_init__(self) -> None:
         if isinstance(self.train_difficulty, int):
@@ -71,7 +70,6 @@ class EnvConfig:
             self.reward_mode in ("partial", "binary"),
             f"reward_mode must be partial|binary, got {self.reward_mode!r}",
         )
-        check(self.max_turns >= 1, f"max_turns must be >= 1, got {self.max_turns}")
 
 
 @dataclass

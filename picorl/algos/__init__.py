@@ -16,7 +16,7 @@ from picorl.algos.advantages import (
     zero_variance_mask,
 )
 from picorl.algos.config import AlgoConfig
-from picorl.algos.losses import aggregate, hidden_token_logprobs, k3_kl, policy_loss, token_logprobs
+from picorl.algos.losses import aggregate, k3_kl, policy_loss
 from picorl.algos.value_head import (
     ValueHead,
     explained_variance,
@@ -37,14 +37,12 @@ __all__ = [
     "gae",
     "group_advantages",
     "group_success_filter",
-    "hidden_token_logprobs",
     "k3_kl",
     "loss_mask_for_sequences",
     "outcome_rewards",
     "policy_loss",
     "rloo_advantages",
     "soft_overlong_penalty",
-    "token_logprobs",
     "value_head_param_group",
     "value_loss",
     "zero_variance_fraction",

@@ -23,7 +23,7 @@ divided by the std). ``dr_grpo`` (Liu et al. 2025) drops both the std division a
 length normalisation, the two biases that paper identifies; ``rloo`` and ``reinforce`` default to the
 same constant normaliser because they are sequence-level estimators: every token of a completion
 shares its advantage and no length normalisation is implied. PPO defaults to two epochs so the
-ratio and clipping actually act (with one epoch the ratio is always 1: defect 8 of the seed).
+ratio and clipping actually act (with one epoch the ratio is always 1 and nothing is ever clipped).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """PPO's critic: a value head on the policy's final hidden states, GAE, and the clipped value loss.
 
 The head must exist before the optimizer is built and be in its parameter groups (the seed created
-it after the optimizer, so it never trained: defect 8); :func:`value_head_param_group` gives the
+it after the optimizer, so it never trained); :func:`value_head_param_group` gives the
 group to add. Formulas: GAE from Schulman et al. 2016 ("High-dimensional continuous control using
 generalized advantage estimation"), clipped value loss as in the PPO reference implementation
 (Schulman et al. 2017, OpenAI baselines ppo2).

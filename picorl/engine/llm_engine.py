@@ -2,7 +2,7 @@
 
 It runs in the trainer's process on the trainer's modules (see :mod:`picorl.engine.runner.model_runner`),
 so there is nothing to synchronize after an optimizer step, no parameter names to match (footgun 2
-of the seed) and no weights to serialize to another process (footgun 7).
+in the README's table) and no weights to serialize to another process (footgun 7).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The run's metric log: ``metrics.jsonl`` and ``samples.jsonl`` in the run directory, optionally mirrored
 to Weights & Biases.
 
-One step counter for the whole run (seed defect 2: its SFT steps collided with update steps on wandb
-and hid updates 0-1). ``step`` is the update counter of the RL loop and never goes backwards:
+One step counter for the whole run (the seed logged SFT steps on the same wandb axis as updates, so
+they collided and hid updates 0-1). ``step`` is the update counter of the RL loop and never goes backwards:
 
 - ``kind="train"``: one row per update, so its ``step`` strictly increases.
 - ``kind="eval"``: rows share the counter of the updates they follow (the step-0 eval comes first).

@@ -3,7 +3,8 @@
 A GRPO group is k episodes of ONE task: k environments reset with the same seed, one prompt,
 ``engine.generate(prompt, n=k)``. Multi-turn episodes continue by appending the environment's next
 message, rendered with the chat template, after the exact sampled tokens, so the trainer sees the
-very ids the engine produced (never a re-tokenization of decoded text: defect 5 of the seed).
+very ids the engine produced (never a re-tokenization of decoded text, which can give other ids
+than the sampled ones and so train on tokens the policy never chose).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def make_micro_batches(
 ) -> list[MicroBatch]:
     """Split the episodes (those with ``include`` True) into micro-batches, similar lengths together
     so little compute goes to padding. A truncated episode keeps exactly the tokens it sampled: no
-    end-of-turn token is invented for it (defect 5 of the seed)."""
+    end-of-turn token is invented for it (the trainer must score exactly the ids the engine sampled)."""
     chosen = [i for i in range(len(episodes)) if include is None or include[i]]
     chosen.sort(key=lambda i: len(episodes[i].prompt_ids) + len(episodes[i].completion_ids))
     batches = []

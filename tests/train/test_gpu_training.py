@@ -6,6 +6,7 @@ import torch
 
 from picorl.cli import main
 from picorl.logging.metrics import read_jsonl
+from picorl.units import GIB
 
 pytestmark = [
     pytest.mark.gpu,
@@ -41,5 +42,5 @@ def test_kv_cache_is_sized_after_the_first_training_step(tmp_path, monkeypatch):
     assert main(args) == 0
     train = [r for r in read_jsonl(tmp_path / "runs/sized/metrics.jsonl") if r["kind"] == "train"]
     free, total = torch.cuda.mem_get_info()
-    assert 0 < train[0]["engine/kv_cache_gb"] <= 0.1 * total / 2**30 + 0.1
+    assert 0 < train[0]["engine/kv_cache_gb"] <= 0.1 * total / GIB + 0.1
     assert train[1]["memory/kv_cache_gb"] == pytest.approx(train[0]["engine/kv_cache_gb"], rel=0.05)

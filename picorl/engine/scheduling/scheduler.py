@@ -82,22 +82,22 @@ class Scheduler:
             if spare < 0:
                 break
             per_fork = self.blocks.fork_cost(len(seq))
-            max_samples = 1 + spare // per_fork if per_fork else len(seq.samples)
-            k = min(len(seq.samples), self.max_num_seqs - num_seqs, max_samples)
+            max_samples = 1 + spare // per_fork if per_fork else len(seq.sample_indices)
+            count = min(len(seq.sample_indices), self.max_num_seqs - num_seqs, max_samples)
             self.waiting.popleft()
-            if k < len(seq.samples):  # the other samples wait; their prompt is prefilled again later
-                self.waiting.appendleft(seq.split_samples(k))
+            if count < len(seq.sample_indices):  # the others wait; their prompt is prefilled again later
+                self.waiting.appendleft(seq.split_samples(count))
             seq.block_table = self.blocks.allocate(need)
             seq.status = Status.RUNNING
             row = len(batch.seqs)
             batch.seqs.append(seq)
             group = [seq]
-            for sample in seq.samples[1:]:
+            for sample in seq.sample_indices[1:]:
                 table, copy = self.blocks.fork(seq.block_table, len(seq))
                 group.append(seq.fork(sample, table))
                 if copy is not None:
                     batch.block_copies.append(copy)
-            seq.samples = seq.samples[:1]
+            seq.sample_indices = seq.sample_indices[:1]
             batch.targets.extend(group)
             batch.rows.extend([row] * len(group))
             self.running.extend(group)

@@ -18,7 +18,7 @@ class Status(Enum):
 class Sequence:
     """Prompt plus generated tokens of one sample.
 
-    A new sequence waits with ``samples`` = the sample indices it will become: its prompt is
+    A new sequence waits with ``sample_indices`` = the indices it will become: its prompt is
     prefilled once and then forked into one running sequence per index (a GRPO group). A preempted
     sequence waits with its single index and is recomputed, prompt and generated tokens together.
     """
@@ -26,7 +26,7 @@ class Sequence:
     token_ids: list[int]
     num_prompt_tokens: int
     prompt_index: int
-    samples: list[int]
+    sample_indices: list[int]  # which of the prompt's n samples this sequence is, or will fork into
     block_table: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     status: Status = Status.WAITING
@@ -38,8 +38,8 @@ class Sequence:
 
     @property
     def sample_index(self) -> int:
-        assert len(self.samples) == 1, "only a forked (running) sequence has a single sample index"
-        return self.samples[0]
+        assert len(self.sample_indices) == 1, "only a forked (running) sequence has a single sample index"
+        return self.sample_indices[0]
 
     @property
     def completion_ids(self) -> list[int]:
@@ -49,10 +49,10 @@ class Sequence:
     def num_completion_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 
-    def split_samples(self, k: int) -> Sequence:
-        """Keep the first ``k`` sample indices here; return a waiting copy that holds the rest."""
-        rest = Sequence(list(self.token_ids), self.num_prompt_tokens, self.prompt_index, self.samples[k:])
-        self.samples = self.samples[:k]
+    def split_samples(self, count: int) -> Sequence:
+        """Keep the first ``count`` sample indices here; return a waiting copy that holds the rest."""
+        rest = Sequence(list(self.token_ids), self.num_prompt_tokens, self.prompt_index, self.sample_indices[count:])
+        self.sample_indices = self.sample_indices[:count]
         return rest
 
     def fork(self, sample: int, block_table: list[int]) -> Sequence:

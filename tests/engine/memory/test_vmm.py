@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from picorl.engine.memory.vmm import VirtualKVStorage, VMMKVStorage, vmm_available
-
-_GIB = 1 << 30
+from picorl.units import GIB
 
 
 def gpu(test):
@@ -41,7 +40,7 @@ def test_views_read_back_what_was_written_and_share_memory():
 
 @gpu
 def test_release_returns_memory_and_restore_keeps_the_address():
-    size = min(4 * _GIB, free_bytes() // 4)
+    size = min(4 * GIB, free_bytes() // 4)
     before = free_bytes()
     store = VirtualKVStorage(size, "cuda")
     view = store.tensor(torch.uint8, (size,))
@@ -88,7 +87,7 @@ def test_graph_captured_before_release_replays_after_restore():
 def test_training_can_use_released_memory_and_restore_then_succeeds():
     """Training fills the memory the cache gave back; restore frees torch's cache and retries."""
     total_free = free_bytes()
-    size = min(16 * _GIB, int(0.4 * total_free))
+    size = min(16 * GIB, int(0.4 * total_free))
     store = VirtualKVStorage(size, "cuda")
     ptr = store.data_ptr
     store.release()
@@ -107,7 +106,7 @@ def test_training_can_use_released_memory_and_restore_then_succeeds():
 @gpu
 def test_restore_without_room_names_the_budget():
     total_free = free_bytes()
-    size = min(8 * _GIB, int(0.4 * total_free))
+    size = min(8 * GIB, int(0.4 * total_free))
     store = VirtualKVStorage(size, "cuda")
     store.release()
     held = torch.empty(total_free - size // 2, dtype=torch.uint8, device="cuda")  # still alive
