@@ -12,14 +12,11 @@ Task seeds live in three disjoint ranges, so no eval or SFT task is ever a train
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from functools import partial
 
 import torch
 
 from picorl.config import Config
-from picorl.engine import EngineConfig, HFEngine, LLMEngine, RolloutEngine, SamplingParams
-from picorl.envs.base import Env
+from picorl.engine import EngineConfig, HFEngine, LLMEngine, RolloutEngine
 from picorl.envs.registry import make_env
 
 EVAL_SEEDS_START = 2**40  # training task seeds are below it
@@ -56,20 +53,6 @@ def eval_task_seeds(tier: int, num_tasks: int, eval_seed: int) -> list[int]:
 def sft_task_seeds(count: int, offset: int = 0) -> list[int]:
     """Seeds of SFT demonstrations (``offset`` 0) and of the post-SFT check (a later offset)."""
     return list(range(SFT_SEEDS_START + offset, SFT_SEEDS_START + offset + count))
-
-
-def train_env_factory(config: Config) -> Callable[[], Env]:
-    """Fresh training environments, as ``config.env`` says."""
-    env = config.env
-    return partial(make_env, env.env, difficulty=env.train_difficulty, reward_mode=env.reward_mode)
-
-
-def train_sampling_params(config: Config) -> SamplingParams:
-    """How training rollouts sample (``config.rollout``); each draw adds its own seed."""
-    rollout = config.rollout
-    return SamplingParams(
-        max_tokens=rollout.max_tokens, temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k
-    )
 
 
 def make_engine(config: Config, model, tokenizer, device: torch.device) -> RolloutEngine:

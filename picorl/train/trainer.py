@@ -7,6 +7,8 @@ checkpoint rows all use that one counter (SFT rows carry their own ``sft/step``)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,13 +16,15 @@ import torch
 from picorl.algos.value_head import ValueHead, value_head_param_group
 from picorl.config import Config, dump_toml, resolve_auto, to_dict
 from picorl.engine.types import SamplingParams
+from picorl.envs.base import Env
+from picorl.envs.registry import make_env
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import UpdateProgress, format_sft_line
 from picorl.logging.metrics import MetricsLogger
 from picorl.logging.plots import plot_training_curves
 from picorl.models import load_model_and_tokenizer
 from picorl.rollout.episodes import run_episodes
-from picorl.runtime import make_engine, pick_device, seed_everything, sft_task_seeds, train_env_factory
+from picorl.runtime import make_engine, pick_device, seed_everything, sft_task_seeds
 from picorl.train.checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from picorl.train.policy import make_policy, trainable_parameters
 from picorl.train.sft import run_sft
@@ -157,6 +161,12 @@ def sft_warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progr
         f"SFT warm-up: {sft.sft_steps} steps, final loss {final:.3f}; greedy on 32 tasks: format "
         f"{post['sft/post_format_compliance']:.2f}, reward {post['sft/post_mean_reward']:.3f}"
     )
+
+
+def train_env_factory(config: Config) -> Callable[[], Env]:
+    """Fresh training environments, as ``config.env`` says."""
+    env = config.env
+    return partial(make_env, env.env, difficulty=env.train_difficulty, reward_mode=env.reward_mode)
 
 
 def make_value_head(model, config: Config, device):

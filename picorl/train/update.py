@@ -5,7 +5,6 @@ Read top to bottom, this is the whole RL algorithm; the formulas live in :mod:`p
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,10 +14,10 @@ import torch
 from picorl.algos import advantages as adv
 from picorl.algos import losses, value_head
 from picorl.config import Config
-from picorl.engine.types import RolloutEngine
+from picorl.engine.types import RolloutEngine, SamplingParams
 from picorl.envs.base import Env
 from picorl.rollout.episodes import Episode, run_episodes
-from picorl.runtime import train_sampling_params, train_task_seeds
+from picorl.runtime import train_task_seeds
 from picorl.train.batch import MicroBatch, make_micro_batches
 from picorl.train.logprobs import chosen_token_logprobs
 from picorl.units import GIB
@@ -33,7 +32,7 @@ class UpdateContext:
     model: torch.nn.Module
     tokenizer: object
     engine: RolloutEngine
-    make_env: Callable[[], Env]  # fresh training environments (``runtime.train_env_factory``)
+    make_env: Callable[[], Env]  # fresh training environments (``trainer.train_env_factory``)
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
@@ -49,7 +48,10 @@ def collect(ctx: UpdateContext, update: int) -> tuple[list[Episode], dict[str, f
     drawn, rounds = 0, 0
     while True:
         seeds = train_task_seeds(ctx.config.train.seed, update, drawn, num_tasks)
-        params = dataclasses.replace(train_sampling_params(ctx.config), seed=seeds[0])
+        params = SamplingParams(
+            max_tokens=rollout.max_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
+            top_k=rollout.top_k, seed=seeds[0],
+        )  # fmt: skip
         new = run_episodes(ctx.make_env, seeds, ctx.engine, ctx.tokenizer, params, k=rollout.k)
         for e in new:
             e.group += drawn
