@@ -1,4 +1,4 @@
-"""The ``picorl`` command: ``picorl train`` and ``picorl eval``.
+"""The ``picorl`` command: ``picorl train``, ``eval``, ``report`` and ``export``.
 
 Every config field is a flag (see :mod:`picorl.config`); ``--config FILE`` loads a TOML file first
 and flags override it.
@@ -12,8 +12,10 @@ import sys
 import types
 import typing
 import warnings
+from pathlib import Path
 from typing import Any
 
+from picorl.cli_tools import add_tool_parsers, run_tool
 from picorl.config import SECTIONS, build_config, field_index, load_toml
 
 
@@ -90,7 +92,13 @@ def make_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--adapter", help="a saved adapter folder (runs/NAME/adapter) to evaluate on its base model"
             )
+            p.add_argument(
+                "--run",
+                help="re-evaluate this run (runs/NAME): its adapter (or --adapter), base model and eval sets "
+                "from its config.toml; writes rerun_eval*.jsonl there",
+            )
         add_config_flags(p)
+    add_tool_parsers(sub)
     return parser
 
 
@@ -102,11 +110,24 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # per-tensor loading bars drown the run's own progress lines
     try:
+        if args.command in ("report", "export"):
+            run_tool(args)
+            return 0
+        if args.command == "eval" and args.run:
+            if not (Path(args.run) / "config.toml").is_file():
+                raise FileNotFoundError(
+                    f"{args.run} is not a picorl run folder (no config.toml); pass runs/NAME"
+                )
+            args.config = args.config or str(Path(args.run) / "config.toml")
         config = config_from_args(args)
         if args.command == "train":
             from picorl.train.trainer import train
 
             train(config)
+        elif args.run:
+            from picorl.eval.rerun import rerun_eval
+
+            rerun_eval(args.run, config, adapter=args.adapter)
         else:
             from picorl.eval.run import run_eval
 

@@ -179,11 +179,14 @@ class RunConfig:
     )
     samples_every: int = opt(1, "Write every rollout of every N-th update to samples.jsonl (0 = never).")
     plot_interval_s: float = opt(
-        20.0, "Refresh training_curves.png at most this often (seconds; also after each eval and save)."
+        20.0,
+        "Refresh training_curves.png and report.html at most this often (seconds; also after each eval "
+        "and save).",
     )
     resume: bool = opt(False, "Resume runs/NAME/ from its last checkpoint.")
     wandb: bool = opt(False, "Also log to Weights & Biases (offline works: set WANDB_MODE=offline).")
     wandb_project: str = opt("picorl", "Weights & Biases project.")
+    tensorboard: bool = opt(False, "Also write TensorBoard event files to runs/NAME/tensorboard/.")
 
     def __post_init__(self) -> None:
         check(

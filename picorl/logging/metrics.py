@@ -1,5 +1,5 @@
 """The run's metric log: ``metrics.jsonl`` and ``samples.jsonl`` in the run directory, optionally mirrored
-to Weights & Biases.
+to Weights & Biases and TensorBoard (:mod:`picorl.logging.tensorboard`).
 
 One step counter for the whole run (the seed logged SFT steps on the same wandb axis as updates, so
 they collided and hid updates 0-1). ``step`` is the update counter of the RL loop and never goes backwards:
@@ -21,6 +21,8 @@ import json
 import math
 import operator
 import os
+import secrets
+import string
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,7 @@ class MetricsLogger:
         wandb_mode: str | None = None,
         resume: bool = False,
         resume_step: int | None = None,
+        tensorboard: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +133,11 @@ class MetricsLogger:
         self._wandb_defined: set[str] = set()
         if wandb:
             self._wandb_run = _init_wandb(self.run_dir, wandb_project, wandb_mode, run_name, config, resume)
+        self._tensorboard = None
+        if tensorboard:
+            from picorl.logging.tensorboard import TensorBoardWriter
+
+            self._tensorboard = TensorBoardWriter(self.run_dir, resume_step if resume else None)
 
     @property
     def last_step(self) -> int:
@@ -152,6 +160,8 @@ class MetricsLogger:
             self._last_sft_step = row[SFT_STEP_KEY]
         if self._wandb_run is not None:
             self._log_wandb(row)
+        if self._tensorboard is not None:
+            self._tensorboard.log_row(row)
 
     def log_sft(self, sft_step: int, metrics: dict[str, Any]) -> None:
         """An SFT warm-up row: ``step = 0`` (it precedes update 0), progress in ``sft/step``."""
@@ -162,6 +172,9 @@ class MetricsLogger:
         for row in rows:
             self._samples_file.write(json.dumps(row, default=str) + "\n")
         self._samples_file.flush()
+        evals = [r for r in rows if r.get("kind") == "eval"]
+        if self._tensorboard is not None and evals:
+            self._tensorboard.log_eval_samples(int(evals[0].get("update", evals[0].get("step", 0))), evals)
 
     def close(self) -> None:
         self._metrics_file.close()
@@ -169,6 +182,9 @@ class MetricsLogger:
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -227,7 +243,8 @@ def _init_wandb(run_dir: Path, project: str, mode: str | None, run_name: str, co
     if resume and id_file.exists():
         run_id = id_file.read_text().strip()
     else:
-        run_id = wandb.util.generate_id()
+        # Our own id (wandb's generator moved between releases): 8 of [a-z0-9], like wandb's.
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         id_file.write_text(run_id + "\n")
     mode = mode or os.environ.get("WANDB_MODE")
     kwargs = {"mode": mode} if mode else {}

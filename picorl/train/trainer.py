@@ -21,8 +21,8 @@ from picorl.envs.registry import make_env
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import UpdateProgress, format_sft_line
 from picorl.logging.metrics import MetricsLogger
-from picorl.logging.plots import plot_training_curves
 from picorl.models import load_model_and_tokenizer
+from picorl.report.page import refresh_report
 from picorl.rollout.episodes import run_episodes
 from picorl.runtime import make_engine, pick_device, seed_everything, sft_task_seeds
 from picorl.train.checkpoint import load_checkpoint, save_adapter, save_checkpoint
@@ -74,6 +74,7 @@ def train(config: Config) -> Path:
         logger = MetricsLogger(
             run_dir, run_name=run_dir.name, config=_flat(config), wandb=config.run.wandb,
             wandb_project=config.run.wandb_project, resume=config.run.resume, resume_step=start if config.run.resume else None,
+            tensorboard=config.run.tensorboard,
         )  # fmt: skip
         engine = make_engine(config, model, tokenizer, device)
         ctx = UpdateContext(
@@ -103,7 +104,7 @@ def train(config: Config) -> Path:
             run_eval(0)
             if total == 0:
                 save(0)
-                plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png")
+                refresh_report(run_dir, warn=progress.print)
         last_plot = time.monotonic()  # plotting takes seconds: on a GPU that is as long as an update
         for update in range(start, total):
             step = update + 1
@@ -124,7 +125,7 @@ def train(config: Config) -> Path:
             if saved:
                 save(step)
             if evaluated or saved or time.monotonic() - last_plot >= config.run.plot_interval_s:
-                plot_training_curves(run_dir / "metrics.jsonl", run_dir / "training_curves.png")
+                refresh_report(run_dir, warn=progress.print)
                 last_plot = time.monotonic()
         logger.close()
         progress.print(f"done: {run_dir}")
@@ -189,6 +190,10 @@ def sample_row(step: int, episode, kind: str = "train") -> dict:
         "correct": bool(episode.info.get("correct")),
         "completion_tokens": episode.num_generated,
         "finish_reason": episode.finish_reason,
+        "advantage": episode.advantage,
+        "tier": episode.info.get("tier"),
+        "expected": episode.info.get("expected"),
+        "parsed": episode.info.get("parsed"),
     }
 
 

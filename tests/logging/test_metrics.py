@@ -1,5 +1,6 @@
 import io
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -201,7 +202,6 @@ class RecordingWandbRun:
 
 def fake_wandb_module(runs: list) -> types.ModuleType:
     module = types.ModuleType("wandb")
-    module.util = types.SimpleNamespace(generate_id=lambda: f"id{len(runs)}")
 
     def init(**kwargs):
         runs.append(RecordingWandbRun(**kwargs))
@@ -245,7 +245,9 @@ def test_wandb_resume_reuses_the_run_id(tmp_path, monkeypatch):
     with make_logger(tmp_path, wandb=True, resume=True, resume_step=1):
         pass
     assert runs[0].init_kwargs["mode"] == "disabled"
-    assert runs[0].init_kwargs["id"] == runs[1].init_kwargs["id"] == "id0"
+    run_id = (tmp_path / "wandb_run_id.txt").read_text().strip()
+    assert re.fullmatch(r"[a-z0-9]{8}", run_id)
+    assert runs[0].init_kwargs["id"] == runs[1].init_kwargs["id"] == run_id
 
 
 # --- console -------------------------------------------------------------------------------------
