@@ -29,6 +29,11 @@ def offline(tmp_path, monkeypatch):
 
 
 def run_files(run_dir):
+    """The run files, complete: wandb's service process may still be writing after ``finish()``
+    returns, and ``teardown()`` waits for it (a real run's process does so at exit)."""
+    import wandb
+
+    wandb.teardown()
     return sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
@@ -72,3 +77,34 @@ def test_resume_continues_the_same_run_id(tmp_path):
     assert wandb_records.run_ids(first) == wandb_records.run_ids(second) == {run_id}
     resumed = [r for r in wandb_records.history(second) if "reward/mean" in r]
     assert [(r["update"], r["reward/mean"]) for r in resumed] == [(2, 0.25)]
+
+
+def test_a_training_run_writes_its_metrics_and_config_to_wandb_and_tensorboard(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from picorl.cli import main
+    from picorl.logging.metrics import read_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--model", "tiny-qwen3", "--k", "2", "--num-tasks", "2", "--max-tokens", "6", "--eval-num-tasks", "2",
+            "--eval-tiers", "1", "--sft-steps", "0", "--num-updates", "2", "--name", "wt", "--wandb", "--tensorboard"]  # fmt: skip
+    assert main(["train", *args]) == 0
+    run_dir = tmp_path / "runs" / "wt"
+    train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    (path,) = run_files(run_dir)
+    records = wandb_records.read_records(path)
+    logged = {}
+    for row in wandb_records.history(records):
+        if "update" in row:
+            logged.setdefault(row["update"], {}).update(row)
+    for row in train:
+        numbers = {k: v for k, v in row.items() if isinstance(v, float) and k not in ("time",)}
+        assert numbers and {k: logged[row["step"]][k] for k in numbers} == pytest.approx(numbers)
+    config = wandb_records.config(records)
+    assert config["model.model"] == "tiny-qwen3" and config["rollout.k"] == 2
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("reward/mean")] == [
+        (r["step"], pytest.approx(r["reward/mean"])) for r in train
+    ]
+    assert [e.step for e in events.Tensors("eval/samples/text_summary")] == [0, 2]
