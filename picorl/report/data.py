@@ -148,7 +148,7 @@ def rollout_groups(samples: list[Row]) -> list[Row]:
     groups: dict[tuple, list[tuple[int, Row]]] = defaultdict(list)
     for row in samples:
         if row.get("kind", "train") == "train":
-            step = int(row.get("update", row.get("step", 0)))
+            step = _step(row.get("update", row.get("step")))
             groups[(step, row.get("group"))].append((step, row))
     return [_group(key, rows, "train") for key, rows in sorted(groups.items(), key=_sort_key)]
 
@@ -158,16 +158,31 @@ def eval_groups(eval_rows: list[Row]) -> list[Row]:
     so what changed on the same question is side by side."""
     groups: dict[tuple, list[tuple[int, Row]]] = defaultdict(list)
     for row in eval_rows:
-        step = int(row.get("step", row.get("update", 0)))
+        step = _step(row.get("step", row.get("update")))
         groups[(row.get("tier"), row.get("task_seed"))].append((step, row))
     return [
-        _group(key, sorted(rows, key=lambda x: x[0]), "eval")
+        _group(key, sorted(rows, key=lambda x: _order((x[0],))), "eval")
         for key, rows in sorted(groups.items(), key=_sort_key)
     ]
 
 
+def _step(value: Any) -> int | str:
+    """A row's step: an int, or kept as text when a writer used a label (e.g. "base")."""
+    if isinstance(value, bool) or value is None:
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _order(values: tuple) -> tuple:
+    """Sort key for mixed ints and labels: numbers first, in order, then text."""
+    return tuple((0, v) if isinstance(v, int | float) else (1, str(v)) for v in values)
+
+
 def _sort_key(item: tuple) -> tuple:
-    return tuple((0, k) if isinstance(k, int | float) else (1, str(k)) for k in item[0])
+    return _order(item[0])
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -180,7 +195,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     if not eval_rows:
         eval_rows = [{**r, "step": r.get("update", 0)} for r in samples if r.get("kind") == "eval"]
     reruns = read_jsonl(run_dir / RERUN_SAMPLES_FILE)
-    eval_rows += [{**r, "step": r["step"] if r.get("step") is not None else -1} for r in reruns]
+    eval_rows += [{**r, "step": r["step"] if r.get("step") is not None else "other adapter"} for r in reruns]
     rescore = _rescorer(config)
     for row in [*samples, *eval_rows]:
         if row.get("expected") is None and "task_seed" in row:
@@ -190,7 +205,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "name": run_dir.name,
         "model": config.get("model", {}).get("model", "?"),
         "algo": config.get("algo", {}).get("algo", "?"),
-        "updates_done": max((int(r.get("step", 0)) for r in train), default=0),
+        "updates_done": max((s for r in train if isinstance(s := _step(r.get("step")), int)), default=0),
         "updates_total": config.get("train", {}).get("num_updates"),
         "config_text": (run_dir / "config.toml").read_text() if (run_dir / "config.toml").is_file() else "",
         "eval_table": eval_table(metrics + read_jsonl(run_dir / RERUN_METRICS_FILE)),

@@ -86,3 +86,12 @@ def test_page_is_self_contained_and_model_text_cannot_escape(tmp_path):
     urls = re.findall(r"""(?:src|href)\s*=\s*["']?([^"' >]+)""", markup)
     assert urls and all(url.startswith("data:") for url in urls), urls  # the curves, inlined
     assert not re.search(r"https?://", markup)
+
+
+def test_labelled_steps_and_stages_from_other_writers(tmp_path):
+    written = write_run(tmp_path / "run")
+    rows = [dict(r, update=0) for r in written["evals"][:1]]
+    rows[0]["stage"] = "base"
+    write_eval_samples_file(tmp_path / "run", rows + [dict(written["evals"][0], update="base")])
+    (task,) = load_run(tmp_path / "run")["evals"]
+    assert [(m["step"], m["stage"]) for m in task["members"]] == [(0, "base"), ("base", "")]

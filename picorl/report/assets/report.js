@@ -36,6 +36,13 @@ function answerText(counts) {
   return keys.map((k) => k + ": " + counts[k]).join(", ");
 }
 
+function byValue(a, b) { // numbers in order, then labels (a writer may name a step, e.g. "base")
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  if (typeof a === "number") return -1;
+  if (typeof b === "number") return 1;
+  return String(a).localeCompare(String(b));
+}
+
 // ---- tabs -------------------------------------------------------------------------------------
 function showTab(name) {
   for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.tab === name);
@@ -102,8 +109,8 @@ function makeBrowser(rootId, groups, isEval) {
     root.append(el("p", { class: "empty", text: isEval ? "No eval samples in this run yet." : "No rollouts in samples.jsonl yet (see --samples-every)." }));
     return;
   }
-  const steps = [...new Set(groups.flatMap((g) => g.members.map((m) => m.step)))].sort((a, b) => a - b);
-  const tiers = [...new Set(groups.map((g) => g.tier).filter((t) => t !== null && t !== undefined))].sort((a, b) => a - b);
+  const steps = [...new Set(groups.flatMap((g) => g.members.map((m) => m.step)))].sort(byValue);
+  const tiers = [...new Set(groups.map((g) => g.tier).filter((t) => t !== null && t !== undefined))].sort(byValue);
   const [stepLabel, stepSelect] = makeSelect(isEval ? "step" : "update", "step",
     [["all", "all"], ...steps.map((s) => [String(s), String(s)])]);
   const [tierLabel, tierSelect] = makeSelect("tier", "tier", [["all", "all"], ...tiers.map((t) => [String(t), String(t)])]);
