@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
             train(config)
         elif args.run:
-            from picorl.eval.rerun import rerun_eval
+            from picorl.train.rerun_eval import rerun_eval
 
             rerun_eval(args.run, config, adapter=args.adapter)
         else:

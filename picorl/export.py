@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from picorl.config import build_config, load_toml
+from picorl.engine.types import eos_token_ids
 from picorl.models import load_model_and_tokenizer
 from picorl.models.loading import resolve_dtype
-from picorl.rollout.types import eos_token_ids
 
 _MARKER = "PICORL_END_OF_TURN_PROBE"
 

@@ -15,9 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "picorl"
 # floors below its own: never one on its own floor, never one above. Keep docs/architecture.md in step.
 FLOORS = [
     ["cli"],
+    ["cli_tools"],
     ["train"],
-    ["eval"],
-    ["runtime"],
+    ["eval", "export"],
+    ["runtime", "report"],
     ["config", "rollout"],
     ["engine", "algos", "envs", "logging"],
     ["models", "options"],

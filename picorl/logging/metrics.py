@@ -161,7 +161,9 @@ class MetricsLogger:
         if self._wandb_run is not None:
             self._log_wandb(row)
         if self._tensorboard is not None:
-            self._tensorboard.log_row(row)
+            sft = kind == "sft"
+            values = {k: v for k, v in row.items() if k not in RESERVED_KEYS and k != SFT_STEP_KEY}
+            self._tensorboard.log_scalars(values, row[SFT_STEP_KEY] if sft else step, sft, row["time"])
 
     def log_sft(self, sft_step: int, metrics: dict[str, Any]) -> None:
         """An SFT warm-up row: ``step = 0`` (it precedes update 0), progress in ``sft/step``."""

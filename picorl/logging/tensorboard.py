@@ -14,8 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from picorl.logging.metrics import RESERVED_KEYS, SFT_STEP_KEY
-
 TENSORBOARD_DIR = "tensorboard"
 TEXT_SAMPLES = 16  # eval completions shown per eval: enough to see what the model writes
 TEXT_CHARS = 600
@@ -45,19 +43,15 @@ class TensorBoardWriter:
         self._main = _writer(self.log_dir, purge)
         self._sft = None  # made on the first SFT row, so runs without SFT have no empty sft run
 
-    def log_row(self, row: dict[str, Any]) -> None:
-        """One metrics.jsonl row: every number in it becomes a scalar."""
-        if row["kind"] == "sft":
-            if self._sft is None:
-                self._sft = _writer(self.log_dir / "sft")
-            writer, step = self._sft, int(row[SFT_STEP_KEY])
-        else:
-            writer, step = self._main, int(row["step"])
-        for key, value in row.items():
-            if key in RESERVED_KEYS or key == SFT_STEP_KEY or isinstance(value, bool):
-                continue
-            if isinstance(value, int | float):
-                writer.add_scalar(key, value, global_step=step, walltime=row.get("time"))
+    def log_scalars(self, values: dict[str, Any], step: int, sft: bool = False, walltime=None) -> None:
+        """The numbers among ``values`` (one metrics.jsonl row, less its own keys) at ``step``: the
+        update, or for an SFT row its ``sft/step`` on the SFT writer. Bools and text are left out."""
+        if sft and self._sft is None:
+            self._sft = _writer(self.log_dir / "sft")
+        writer = self._sft if sft else self._main
+        for key, value in values.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                writer.add_scalar(key, value, global_step=step, walltime=walltime)
         writer.flush()  # the run is watched live; a few KB per update
 
     def log_eval_samples(self, step: int, rows: list[dict[str, Any]]) -> None:

@@ -19,7 +19,7 @@ from picorl.logging.stats import wilson_interval
 
 Row = dict[str, Any]
 EVAL_SAMPLES_FILE = "eval_samples.jsonl"
-RERUN_METRICS_FILE = "rerun_eval.jsonl"  # written by `picorl eval --run` (picorl.eval.rerun)
+RERUN_METRICS_FILE = "rerun_eval.jsonl"  # written by `picorl eval --run` (picorl.train.rerun_eval)
 RERUN_SAMPLES_FILE = "rerun_eval_samples.jsonl"
 GROUP_KEYS = ("reward", "correct", "advantage", "completion_tokens", "finish_reason")
 

@@ -126,3 +126,24 @@ def run_episodes(
         completions = [group[0] for group in engine.generate(next_prompts, params, n=1)]
         active = still_active
     return episodes
+
+
+def sample_row(step: int, episode: Episode, kind: str = "train") -> dict[str, Any]:
+    """One line of samples.jsonl: what the report's browser shows of an episode (and what it needs
+    to group it: update, group; to explain its reward: expected and parsed answer, advantage)."""
+    return {
+        "update": step,
+        "kind": kind,
+        "group": episode.group,
+        "task_seed": episode.task_seed,
+        "prompt": episode.messages[: len(episode.messages) - episode.num_turns],
+        "completion": episode.completion_text,
+        "reward": episode.reward,
+        "correct": bool(episode.info.get("correct")),
+        "completion_tokens": episode.num_generated,
+        "finish_reason": episode.finish_reason,
+        "advantage": episode.advantage,
+        "tier": episode.info.get("tier"),
+        "expected": episode.info.get("expected"),
+        "parsed": episode.info.get("parsed"),
+    }

@@ -23,7 +23,7 @@ from picorl.logging.console import UpdateProgress, format_sft_line
 from picorl.logging.metrics import MetricsLogger
 from picorl.models import load_model_and_tokenizer
 from picorl.report.page import refresh_report
-from picorl.rollout.episodes import run_episodes
+from picorl.rollout.episodes import run_episodes, sample_row
 from picorl.runtime import make_engine, pick_device, seed_everything, sft_task_seeds
 from picorl.train.checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from picorl.train.policy import make_policy, trainable_parameters
@@ -176,25 +176,6 @@ def make_value_head(model, config: Config, device):
     if config.algo.algo != "ppo":
         return None
     return ValueHead(model.config.hidden_size).to(device)
-
-
-def sample_row(step: int, episode, kind: str = "train") -> dict:
-    return {
-        "update": step,
-        "kind": kind,
-        "group": episode.group,
-        "task_seed": episode.task_seed,
-        "prompt": episode.messages[: len(episode.messages) - episode.num_turns],
-        "completion": episode.completion_text,
-        "reward": episode.reward,
-        "correct": bool(episode.info.get("correct")),
-        "completion_tokens": episode.num_generated,
-        "finish_reason": episode.finish_reason,
-        "advantage": episode.advantage,
-        "tier": episode.info.get("tier"),
-        "expected": episode.info.get("expected"),
-        "parsed": episode.info.get("parsed"),
-    }
 
 
 def _flat(config: Config) -> dict:

@@ -20,9 +20,9 @@ from picorl.eval.evaluate import evaluate
 from picorl.logging.console import format_eval_lines
 from picorl.models import load_model_and_tokenizer
 from picorl.report.data import RERUN_METRICS_FILE, RERUN_SAMPLES_FILE
+from picorl.rollout.episodes import sample_row
+from picorl.runtime import make_engine, pick_device
 from picorl.train.checkpoint import STATE_FILE
-from picorl.train.engines import make_engine
-from picorl.train.trainer import pick_device, sample_row
 
 STAGE = "rerun"
 
