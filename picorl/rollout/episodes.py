@@ -32,7 +32,7 @@ class Episode:
     info: dict[str, Any] = field(default_factory=dict)
     finish_reason: str = "stop"  # of the last turn: "length" means the completion was cut off
     num_turns: int = 0
-    advantage: float | None = None  # set by the update (PPO: the raw reward; GAE works per token)
+    advantage: float | None = None  # set by the update (None for PPO, whose advantages are per token)
 
     @property
     def truncated(self) -> bool:

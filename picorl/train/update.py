@@ -100,8 +100,9 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
     shaped = adv.apply_overlong(rewards, lengths, truncated, max_tokens, algo)
     advantages = adv.compute_advantages(shaped, group_ids, algo)
     include = adv.loss_mask_for_sequences(shaped, group_ids, truncated, algo)
-    for episode, advantage in zip(episodes, advantages.tolist()):
-        episode.advantage = advantage  # for samples.jsonl and the report's group browser
+    if algo.algo != "ppo":  # PPO's advantages are per token (GAE), not one per sequence
+        for episode, advantage in zip(episodes, advantages.tolist()):
+            episode.advantage = advantage  # for samples.jsonl and the report's group browser
 
     t1 = time.perf_counter()
     batches = make_micro_batches(

@@ -48,6 +48,11 @@ def test_train_writes_every_artifact(in_tmp):
     assert {s["update"] for s in train_samples} == {2} and len(train_samples) == 8
     for key in ("group", "prompt", "completion", "reward", "correct", "completion_tokens", "finish_reason"):
         assert key in train_samples[0]
+    for s in train_samples:  # what the report's group browser shows beside each completion
+        assert s["tier"] == 1 and isinstance(s["expected"], dict) and isinstance(s["advantage"], float)
+    for group in {s["group"] for s in train_samples}:  # GRPO: advantages are centred in each group
+        assert sum(s["advantage"] for s in train_samples if s["group"] == group) == pytest.approx(0, abs=1e-5)
+    assert (run / "report.html").stat().st_size > 0
     model, _ = load_model_and_tokenizer("tiny-qwen3")
     adapted = PeftModel.from_pretrained(model, run / "adapter")
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in adapted.named_parameters()), (
