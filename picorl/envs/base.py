@@ -44,3 +44,9 @@ class Env(ABC):
         raise NotImplementedError(
             f"{type(self).__name__} has no demonstrations, so SFT warm-up cannot run on it"
         )
+
+
+def describe_error(error: BaseException) -> str:
+    """A short, one-line reason for ``info["parse_error"]`` (messages can quote megabytes of text)."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message[:160]}"

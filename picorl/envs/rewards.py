@@ -22,6 +22,10 @@ Partial reward (mode ``"partial"``, the seed's rule with its holes closed):
   earn credit for the letters that happen to be absent); otherwise 0.1 + 0.9 * (fraction of asked
   letters exactly right). With one letter this is 1.0 exact, else 0.1.
 Binary reward (mode ``"binary"``): 1.0 if exactly right, else 0.0.
+
+Model text never raises: whatever a parser throws on it (``RecursionError`` on a thousand nested
+``[``, say) makes the reply unparseable, scored 0.0, with the reason in ``info["parse_error"]``
+(counted per update as ``reward/parse_errors``). A crash here would end a run on one sample.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ import json
 import re
 from typing import Any, Literal, Protocol
 
+from picorl.envs.base import describe_error
+
 RewardMode = Literal["partial", "binary"]
 REWARD_MODES: tuple[str, ...] = ("partial", "binary")
+
 
 class CountingTask(Protocol):
     """What scoring reads of a task (``picorl.envs.letter_counting.LetterTask`` is one); a protocol
@@ -119,7 +126,11 @@ def score(text: str, task: CountingTask, mode: RewardMode = "partial") -> tuple[
     if mode not in REWARD_MODES:
         raise ValueError(f"unknown reward mode {mode!r}; use one of {REWARD_MODES}")
     expected = task.expected
-    parsed = parse_answer(text, task.letters)
+    parse_error = None
+    try:
+        parsed = parse_answer(text, task.letters)
+    except Exception as e:  # noqa: BLE001 - any failure on model text is an unparseable answer
+        parsed, parse_error = None, describe_error(e)
     format_ok = parsed is not None
     keys_ok = format_ok and set(parsed) == set(expected)
     n_right = 0 if parsed is None else sum(parsed.get(k) == v for k, v in expected.items())
@@ -146,4 +157,6 @@ def score(text: str, task: CountingTask, mode: RewardMode = "partial") -> tuple[
         "expected": dict(expected),
         "parsed": parsed,
     }
+    if parse_error is not None:
+        info["parse_error"] = parse_error
     return reward, info

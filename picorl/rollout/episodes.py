@@ -5,6 +5,9 @@ A GRPO group is k episodes of ONE task: k environments reset with the same seed,
 message, rendered with the chat template, after the exact sampled tokens, so the trainer sees the
 very ids the engine produced (never a re-tokenization of decoded text, which can give other ids
 than the sampled ones and so train on tokens the policy never chose).
+
+An environment that raises on a reply does not end the run: the episode ends there with reward 0
+and the reason in ``info["parse_error"]`` (the update counts them as ``reward/parse_errors``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from picorl.engine.types import Completion, RolloutEngine, SamplingParams
-from picorl.envs.base import Env, Message
+from picorl.envs.base import Env, Message, StepResult, describe_error
 
 
 @dataclass
@@ -80,6 +83,15 @@ def _add_turn(episode: Episode, completion: Completion) -> None:
     episode.num_turns += 1
 
 
+def safe_step(env: Env, text: str) -> StepResult:
+    """``env.step(text)``, with any exception the model's text provokes turned into a 0-reward end."""
+    try:
+        return env.step(text)
+    except Exception as e:  # noqa: BLE001 - model text must never crash a run
+        info = {"correct": False, "format_ok": False, "parse_error": describe_error(e)}
+        return StepResult(next_message=None, reward=0.0, done=True, info=info)
+
+
 def run_episodes(
     make_env: Callable[[], Env],
     task_seeds: list[int],
@@ -108,7 +120,7 @@ def run_episodes(
         for i, completion in zip(active, completions):
             episode, env = episodes[i], envs[i]
             _add_turn(episode, completion)
-            result = env.step(completion.text)
+            result = safe_step(env, completion.text)
             episode.messages.append({"role": "assistant", "content": completion.text})
             episode.reward += result.reward
             episode.info = result.info

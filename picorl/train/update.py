@@ -252,6 +252,7 @@ def rollout_metrics(episodes, rewards, group_ids, advantages, include) -> dict[s
         "reward/min": float(rewards.min()),
         "reward/exact_fraction": sum(bool(e.info.get("correct")) for e in episodes) / n,
         "reward/format_compliance": sum(bool(e.info.get("format_ok")) for e in episodes) / n,
+        "reward/parse_errors": float(sum("parse_error" in e.info for e in episodes)),
         "groups/zero_variance_fraction": adv.zero_variance_fraction(rewards, group_ids),
         "groups/trained_fraction": float(include.float().mean()),
         "advantage/mean_abs": float(advantages.abs().mean()),

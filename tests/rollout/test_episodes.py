@@ -78,3 +78,30 @@ def test_multi_turn_keeps_sampled_ids_and_masks_env_tokens(tokenizer):
     assert second_prompt == episode.prompt_ids + ids[: -len(second)]
     full = render_prompt(tokenizer, episode.messages[:-1])
     assert tokenizer.decode(second_prompt) == tokenizer.decode(full)
+
+
+class ChokingEnv(Env):
+    """An environment whose parser fails on one reply, as a badly written env might."""
+
+    def reset(self, seed):
+        return [{"role": "user", "content": "count"}]
+
+    def step(self, text):
+        if "[" in text:
+            raise RecursionError("maximum recursion depth exceeded")
+        return StepResult(None, 1.0, True, {"correct": True, "format_ok": True})
+
+
+def test_an_env_raising_on_model_text_gives_zero_reward_and_a_counted_reason(tokenizer):
+    import torch
+
+    from picorl.train.update import rollout_metrics
+
+    engine = ScriptedEngine(tokenizer, ["fine", "[[[[", "fine"])
+    episodes = run_episodes(ChokingEnv, [1, 2, 3], engine, tokenizer, SamplingParams(max_tokens=8))
+    assert [e.reward for e in episodes] == [1.0, 0.0, 1.0]
+    assert episodes[1].info["parse_error"].startswith("RecursionError")
+    rewards = torch.tensor([e.reward for e in episodes])
+    groups = torch.tensor([e.group for e in episodes])
+    metrics = rollout_metrics(episodes, rewards, groups, torch.zeros(3), torch.ones(3, dtype=torch.bool))
+    assert metrics["reward/parse_errors"] == 1.0
