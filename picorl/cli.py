@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
 import sys
 import types
 import typing
@@ -75,8 +77,47 @@ def config_from_args(args: argparse.Namespace):
     return build_config(overrides)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake costs two lines, not the 46-line usage of every flag."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        flag = re.search(r"unrecognized arguments: (--[\w-]+)", message)
+        if flag:
+            flags = sorted(_all_flags(self))
+            close = difflib.get_close_matches(flag.group(1), flags, n=1)
+            message += f" (did you mean {close[0]}?)" if close else ""
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every option)\n")
+
+
+def _all_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of ``parser`` and its subcommands (an unknown flag is reported by the top
+    parser, which does not know which subcommand it was meant for)."""
+    flags = set()
+    for action in parser._actions:
+        flags.update(action.option_strings)
+        for sub in (action.choices or {}).values() if isinstance(action.choices, dict) else ():
+            flags |= _all_flags(sub)
+    return flags
+
+
+NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$", re.IGNORECASE)
+
+
+def join_negative_numbers(argv: list[str]) -> list[str]:
+    """``--lr -1e-4`` -> ``--lr=-1e-4``: argparse reads a value that starts with '-' as a flag unless it
+    is a plain negative number, so a negative float in scientific notation would be 'expected one
+    argument'. The joined form reaches the config's own check (``lr must be > 0``)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and NUMBER.match(arg) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="picorl", description="RL from verifiable rewards (GRPO and relatives, LoRA) on one GPU."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,7 +144,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = make_parser().parse_args(join_negative_numbers(list(argv)))
     # Library deprecation chatter (PEFT calling transformers' renamed helpers) is not for users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as hf_logging

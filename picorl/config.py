@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from picorl.algos.config import AlgoConfig
-from picorl.options import check, opt
+from picorl.options import check, opt, typed_value
 
 
 @dataclass
@@ -240,11 +241,39 @@ def build_config(overrides: dict[str, dict[str, Any]] | None = None) -> Config:
                 f"unknown key {unknown[0]!r} in [{section}]{hint}; keys there: {', '.join(sorted(known))}"
             )
     for section, cls in SECTIONS.items():
-        try:
-            parts[section] = cls(**overrides.get(section, {}))
-        except TypeError as e:  # wrong value types surface here
-            raise ValueError(f"bad value in [{section}]: {e}") from None
-    return Config(**parts)
+        hints = typing.get_type_hints(cls)
+        values = {
+            key: typed_value(f"[{section}] {key}", value, hints[key])
+            for key, value in overrides.get(section, {}).items()
+        }
+        parts[section] = cls(**values)
+    config = Config(**parts)
+    check_across_sections(config)
+    return config
+
+
+# Algorithms whose baseline is the mean of a prompt's own group: with one sample per prompt every
+# advantage is 0 and nothing trains (the run would look healthy and learn nothing).
+GROUP_BASELINE_ALGOS = ("grpo", "dr_grpo", "rloo")
+
+
+def check_across_sections(config: Config) -> None:
+    """Combinations no single section can see are wrong."""
+    k, algo = config.rollout.k, config.algo
+    check(
+        k >= 2 or algo.algo not in GROUP_BASELINE_ALGOS,
+        f"k = 1 with algo = {algo.algo} trains nothing: its baseline is the mean of each prompt's group of k "
+        "samples, so one sample has advantage 0. Use --k 2 or more, or --algo reinforce (batch-mean baseline).",
+    )
+    check(
+        k >= 2 or algo.zero_variance == "keep",
+        f"k = 1 with zero_variance = {algo.zero_variance} leaves nothing to train (a group of one sample "
+        "always has zero variance); use --zero-variance keep or --k 2 or more",
+    )
+    check(
+        k >= 2 or algo.scale_rewards != "group",
+        "k = 1 with scale_rewards = group divides by the std of one sample (0); use --scale-rewards batch or none",
+    )
 
 
 def _suggest(key: str) -> str:

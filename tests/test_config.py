@@ -101,3 +101,58 @@ def test_shipped_configs_load():
         [6],
     )
     assert seed.algo.algo == "grpo" and seed.algo.scale_rewards == "none"
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[rollout]\nk = 2.5\n", "[rollout] k must be an integer, got 2.5"),
+        ('[rollout]\nk = "two"\n', "[rollout] k must be an integer, got 'two'"),
+        ('[run]\nresume = "yes"\n', "[run] resume must be true or false, got 'yes'"),
+        ("[train]\nlr = true\n", "[train] lr must be a number"),
+        ('[env]\ntrain_difficulty = ["1"]\n', "[env] train_difficulty must be a list"),
+        ("[model]\nmodel = 3\n", "[model] model must be a string"),
+        ("[rollout]\nnum_tasks = 1.5\n", "leave it out for the default"),
+    ],
+)
+def test_toml_types_are_checked_with_the_key_named_and_no_run_folder(
+    tmp_path, monkeypatch, capsys, toml, message
+):
+    from picorl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(toml)
+    assert main(["train", "--config", "c.toml", "--name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"], (
+        "nothing written before the config is valid"
+    )
+
+
+def test_types_widen_where_safe():
+    c = build_config({"train": {"lr": 1}, "env": {"train_difficulty": 3}})
+    assert c.train.lr == 1.0 and isinstance(c.train.lr, float) and c.env.train_difficulty == [3]
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo"])
+def test_k1_with_a_group_baseline_is_refused_with_a_suggestion(algo):
+    with pytest.raises(ValueError, match="--algo reinforce"):
+        build_config({"rollout": {"k": 1}, "algo": {"algo": algo}})
+    assert build_config({"rollout": {"k": 1}, "algo": {"algo": "reinforce"}}).rollout.k == 1
+    with pytest.raises(ValueError, match="zero_variance"):
+        build_config({"rollout": {"k": 1}, "algo": {"algo": "reinforce", "zero_variance": "drop"}})
+
+
+def test_flag_mistakes_cost_two_lines_not_the_usage(capsys):
+    from picorl.cli import main
+
+    assert main(["train", "--lr", "-1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "lr must be > 0, got -0.0001" in err and len(err.splitlines()) == 1
+    for argv, message in ((["train", "--kk", "3"], "did you mean --k?"), (["train", "--k", "2.5"], "--k")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 2, err

@@ -121,8 +121,9 @@ def resolve_model_name(name_or_path: str) -> ModelSource:
     Built-in names win over paths. Something that exists on disk is a path; something that looks
     like a path (``/``, ``./``, ``~``, a ``.gguf`` suffix, more than one ``/``) but does not exist is
     an error, as is a directory that holds neither ``config.json`` nor exactly one ``.gguf`` file.
-    Anything else shaped like ``owner/name`` or ``name`` is taken as a Hugging Face id; whether it
-    exists is only known when loading.
+    A name without an owner that is close to a built-in name is a typo and an error at once. Anything
+    else shaped like ``owner/name`` or ``name`` is taken as a Hugging Face id; whether it exists is
+    only known when loading.
     """
     name = name_or_path.strip()
     if not name:
@@ -140,6 +141,13 @@ def resolve_model_name(name_or_path: str) -> ModelSource:
     )
     if looks_like_path:
         raise FileNotFoundError(f"model path {name!r} does not exist (resolved to {path.resolve()})")
+    if "/" not in name and close_builtin(name):
+        # An owner-less hub id this close to a built-in name is a typo: say so now, rather than after
+        # a minute of download retries.
+        raise ValueError(
+            f"{name!r} is not a built-in model name{close_builtin(name)}; built-ins: {builtin_list()}. "
+            "For a Hugging Face model pass its full owner/name id."
+        )
     if not _HUB_ID.match(name):
         raise ValueError(
             f"{name!r} is not a built-in name ({builtin_list()}), an existing path or a Hugging Face id "

@@ -101,3 +101,13 @@ def test_cache_root_follows_picorl_cache(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "c"
     monkeypatch.delenv("PICORL_CACHE")
     assert cache_root().parts[-2:] == (".cache", "picorl")
+
+
+@pytest.mark.parametrize(
+    "typo, meant",
+    [("tiny-qwen4", "tiny-qwen3"), ("smollm2-136m", "smollm2-135m"), ("Tiny-Llama", "tiny-llama")],
+)
+def test_misspelt_builtin_fails_fast_with_did_you_mean(typo, meant):
+    """Before, 'tiny-qwen4' was taken as a hub id and failed after 51 s of download retries."""
+    with pytest.raises(ValueError, match=f"did you mean {meant!r}"):
+        resolve_model_name(typo)
