@@ -19,6 +19,7 @@ from typing import Any
 
 from picorl.cli_tools import add_tool_parsers, run_tool
 from picorl.config import SECTIONS, build_config, field_index, load_toml
+from picorl.train.interrupt import Interrupted
 
 
 def _value_parser(annotation: Any):
@@ -69,12 +70,18 @@ def config_reference() -> str:
 
 
 def config_from_args(args: argparse.Namespace):
+    """The run's Config: ``--config`` then flags; with ``--resume``, the saved run's config beneath both."""
     overrides = load_toml(args.config) if args.config else {}
     index = field_index()
     for name, value in vars(args).items():
         if name in index:
             overrides.setdefault(index[name][0], {})[name] = value
-    return build_config(overrides)
+    config = build_config(overrides)  # every value checked, with or without --resume
+    if config.run.resume and getattr(args, "command", "train") == "train":
+        from picorl.train.resume import resume_overrides
+
+        config = build_config(resume_overrides(overrides))
+    return config
 
 
 class Parser(argparse.ArgumentParser):
@@ -177,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"picorl: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("picorl: interrupted (the last checkpoint is intact; resume with --resume)", file=sys.stderr)
+    except OSError as e:  # a disk or permission problem outside the checkpoint writes, which say more
+        print(f"picorl: error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:  # Ctrl-C during training: the message says what was saved
+        print(f"picorl: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside training (which says what it saved): loading, eval
+        print("picorl: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -176,7 +176,9 @@ class RunConfig:
     name: str | None = opt(None, "Run name: the run lives in runs/NAME/ (default: a timestamp).")
     runs_dir: str = opt("runs", "Parent folder of run directories.")
     save_every: int = opt(
-        25, "Save the adapter and a resumable checkpoint every N updates (0 = only at the end)."
+        25,
+        "Save the adapter and a resumable checkpoint every N updates and SFT steps (also after SFT and the "
+        "step-0 eval, and at the end; 0 = only those).",
     )
     samples_every: int = opt(1, "Write every rollout of every N-th update to samples.jsonl (0 = never).")
     plot_interval_s: float = opt(
@@ -184,7 +186,11 @@ class RunConfig:
         "Refresh training_curves.png and report.html at most this often (seconds; also after each eval "
         "and save).",
     )
-    resume: bool = opt(False, "Resume runs/NAME/ from its last checkpoint.")
+    resume: bool = opt(
+        False,
+        "Continue runs/NAME/ from its newest checkpoint with its saved settings; flags given override the "
+        "safe ones (a changed model, LoRA shape, algo or env is refused).",
+    )
     wandb: bool = opt(False, "Also log to Weights & Biases (offline works: set WANDB_MODE=offline).")
     wandb_project: str = opt("picorl", "Weights & Biases project.")
     tensorboard: bool = opt(False, "Also write TensorBoard event files to runs/NAME/tensorboard/.")

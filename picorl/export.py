@@ -16,6 +16,7 @@ import torch
 from picorl.config import build_config, load_toml
 from picorl.engine.types import eos_token_ids
 from picorl.models import load_model_and_tokenizer
+from picorl.models.adapter import load_adapter
 from picorl.models.loading import resolve_dtype
 
 _MARKER = "PICORL_END_OF_TURN_PROBE"
@@ -50,10 +51,8 @@ def load_merged_policy(run_dir: Path, adapter: Path | None = None):
     config = _run_config(run_dir)
     adapter = Path(adapter) if adapter is not None else run_dir / "adapter"
     if (adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
-
         base, tokenizer = load_model_and_tokenizer(config.model.model, dtype="fp32")
-        model = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        model = load_adapter(base, adapter, config.model.model).merge_and_unload()  # checked: files and base
     elif (adapter / "config.json").is_file():
         model, tokenizer = load_model_and_tokenizer(str(adapter), dtype="fp32")
     else:

@@ -9,6 +9,7 @@ from picorl.config import Config, resolve_auto
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import format_eval_lines
 from picorl.models import load_model_and_tokenizer
+from picorl.models.adapter import load_adapter
 from picorl.runtime import make_engine, pick_device
 
 
@@ -16,14 +17,8 @@ def run_eval(config: Config, adapter: str | None = None, console=print) -> dict[
     device = pick_device(config.train.device)
     config = resolve_auto(config, on_gpu=device.type == "cuda")
     model, tokenizer = load_model_and_tokenizer(config.model.model, dtype=config.model.dtype, device=device)
-    if adapter is not None:
-        from peft import PeftModel
-
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise ValueError(
-                f"{adapter} is not a PEFT adapter folder (no adapter_config.json); pass runs/NAME/adapter"
-            )
-        model = PeftModel.from_pretrained(model, adapter)
+    if adapter is not None:  # checked first: the folder's files, then that it belongs to this base model
+        model = load_adapter(model, adapter, config.model.model)
     engine = make_engine(config, model, tokenizer, device)
     metrics, _ = evaluate(
         engine, tokenizer, env_name=config.env.env, tiers=config.eval.eval_tiers,

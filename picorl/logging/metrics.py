@@ -34,6 +34,27 @@ WANDB_STEP_KEY = "update"
 WANDB_ID_FILE = "wandb_run_id.txt"
 
 
+LOG_FILES = ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl")
+
+
+def log_sizes(run_dir: Path) -> dict[str, int]:
+    """The byte length of each log file now (0 if absent): a checkpoint records them so that a resume
+    cuts the logs back to exactly the rows written before it."""
+    return {
+        name: (Path(run_dir) / name).stat().st_size if (Path(run_dir) / name).exists() else 0
+        for name in LOG_FILES
+    }
+
+
+def truncate_logs(run_dir: Path, sizes: dict[str, int]) -> None:
+    """Cut each log file back to ``sizes[name]`` bytes (files not named there are emptied)."""
+    for name in LOG_FILES:
+        path = Path(run_dir) / name
+        if path.exists() and path.stat().st_size > sizes.get(name, 0):
+            with path.open("r+b") as f:
+                f.truncate(sizes.get(name, 0))
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every JSON object in ``path`` (missing file -> []). A torn last line, left by a run killed
     mid-write, is skipped rather than failing the reader."""

@@ -19,6 +19,7 @@ from picorl.config import Config, resolve_auto
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import format_eval_lines
 from picorl.models import load_model_and_tokenizer
+from picorl.models.adapter import load_adapter
 from picorl.report.data import RERUN_METRICS_FILE, RERUN_SAMPLES_FILE
 from picorl.rollout.episodes import sample_row
 from picorl.runtime import make_engine, pick_device
@@ -39,12 +40,10 @@ def saved_update(run_dir: Path, adapter: Path) -> int | None:
 
 def _load_policy(config: Config, adapter: Path, device: torch.device):
     if (adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
-
         model, tokenizer = load_model_and_tokenizer(
             config.model.model, dtype=config.model.dtype, device=device
         )
-        return PeftModel.from_pretrained(model, adapter), tokenizer
+        return load_adapter(model, adapter, config.model.model), tokenizer  # checked: files and base
     if (adapter / "config.json").is_file():  # a full fine-tune saves the whole model
         return load_model_and_tokenizer(str(adapter), dtype=config.model.dtype, device=device)
     raise ValueError(f"{adapter} holds no adapter (adapter_config.json) or model (config.json)")

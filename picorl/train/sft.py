@@ -7,6 +7,8 @@ then sharpen; RL alone cannot invent a procedure the model never uses (footgun 8
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from picorl.rollout.episodes import render_prompt
@@ -46,14 +48,23 @@ def run_sft(
     lr: float,
     device,
     log,
+    start_step: int = 0,
+    optimizer_state: dict | None = None,
+    after_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
 ) -> float:
     """Train on the assistant tokens of ``chats`` (cycled) for ``steps`` steps; ``log(step, loss)`` each
-    step. Returns the last loss."""
+    step. Returns the last loss.
+
+    Resuming: ``start_step`` steps already done and the optimizer's ``optimizer_state`` then; the batch of
+    a step depends on its number only, so a resumed SFT trains on what an uninterrupted one would.
+    ``after_step(step, optimizer)`` runs after each step (the trainer's checkpoints and Ctrl-C)."""
     examples = [demonstration_tokens(tokenizer, chat) for chat in chats]
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=0.0)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     model.train()
     loss_value = float("nan")
-    for step in range(steps):
+    for step in range(start_step, steps):
         chosen = [examples[(step * batch_size + i) % len(examples)] for i in range(batch_size)]
         input_ids, attention, targets = sft_batch(chosen, tokenizer.pad_token_id, device)
         logprobs = chosen_token_logprobs(model, input_ids, attention, targets)
@@ -64,4 +75,6 @@ def run_sft(
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.item()
         log(step + 1, loss_value)
+        if after_step is not None:
+            after_step(step + 1, optimizer)
     return loss_value

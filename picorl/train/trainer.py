@@ -2,6 +2,11 @@
 
 Step 0 is the model before any RL update; step N is the model after N updates. Train, eval and
 checkpoint rows all use that one counter (SFT rows carry their own ``sft/step``).
+
+Everything that can be refused (the settings, the run folder, a resume's checkpoint and base model)
+is checked before the first write (``picorl.train.resume``). Checkpoints are written every
+``save_every`` SFT steps and updates, once SFT and the step-0 eval are done (so a resume never
+repeats them), at the end, and on Ctrl-C at the next safe point (``picorl.train.interrupt``).
 """
 
 from __future__ import annotations
@@ -14,49 +19,63 @@ from pathlib import Path
 import torch
 
 from picorl.algos.value_head import ValueHead, value_head_param_group
-from picorl.config import Config, dump_toml, resolve_auto, to_dict
+from picorl.config import Config, resolve_auto, to_dict
 from picorl.engine.types import SamplingParams
 from picorl.envs.base import Env
 from picorl.envs.registry import make_env
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import UpdateProgress, format_sft_line
-from picorl.logging.metrics import MetricsLogger
+from picorl.logging.metrics import MetricsLogger, log_sizes
 from picorl.models import load_model_and_tokenizer
+from picorl.models.identity import base_model_record
 from picorl.report.page import refresh_report
 from picorl.rollout.episodes import run_episodes, sample_row
 from picorl.runtime import make_engine, pick_device, seed_everything, sft_task_seeds
-from picorl.train.checkpoint import load_checkpoint, save_adapter, save_checkpoint
+from picorl.train.checkpoint import (
+    restore_optimizer,
+    restore_weights,
+    save_adapter,
+    save_checkpoint,
+    set_rng_state,
+)
+from picorl.train.interrupt import Interrupted, StopRequest
 from picorl.train.policy import make_policy, trainable_parameters
+from picorl.train.resume import RunPlan, check_base, open_run, plan_run
 from picorl.train.sft import run_sft
 from picorl.train.update import UpdateContext, rl_update
 from picorl.units import GIB
 
-
-def run_directory(config: Config) -> Path:
-    name = config.run.name or time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir = Path(config.run.runs_dir) / name
-    if (run_dir / "metrics.jsonl").exists() and not config.run.resume:
-        raise ValueError(
-            f"{run_dir} already holds a run: pass --resume to continue it, or choose another --name"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+STOP_NOTICE = (
+    "Ctrl-C: the run will save a checkpoint and stop after the current step "
+    "(press Ctrl-C again to stop at once, losing the work since the last checkpoint)"
+)
 
 
 def train(config: Config) -> Path:
     """Run RL training as ``config`` says; returns the run directory."""
     device = pick_device(config.train.device)
     config = resolve_auto(config, on_gpu=device.type == "cuda")
-    run_dir = run_directory(config)
-    (run_dir / "config.toml").write_text(dump_toml(config))
-    seed_everything(config.train.seed)
+    plan = plan_run(config)
+    try:
+        with StopRequest(STOP_NOTICE) as stop:
+            return _train(plan, device, stop)
+    except KeyboardInterrupt:  # the second Ctrl-C
+        raise Interrupted(f"stopped at once; {_last_checkpoint(plan)}") from None
 
+
+def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
+    config, run_dir = plan.config, plan.run_dir
+    seed_everything(config.train.seed)
     total = config.train.num_updates
     with UpdateProgress(total) as progress:
         progress.print(f"picorl: run directory {run_dir}  (device {device}, model {config.model.model})")
+        for note in plan.notes:
+            progress.print(note)
         model, tokenizer = load_model_and_tokenizer(
             config.model.model, dtype=config.model.dtype, device=device
         )
+        base = base_model_record(model, config.model.model)
+        check_base(plan, base)
         model = make_policy(model, config.model)
         value_head = make_value_head(model, config, device)
         groups = [{"params": trainable_parameters(model)}]
@@ -67,14 +86,20 @@ def train(config: Config) -> Path:
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
         )
-        start = 0
-        if config.run.resume and (run_dir / "checkpoint").exists():
-            start = load_checkpoint(run_dir, model, optimizer, lr_scheduler)
-            progress.print(f"resumed after update {start}")
+        open_run(plan)  # the first write
+        checkpoint = plan.checkpoint
+        if checkpoint is not None:
+            restore_weights(checkpoint, model)
+            lrs, decays = [config.train.lr, config.algo.value_lr], [config.train.weight_decay, 0.0]
+            restore_optimizer(checkpoint, optimizer, lr_scheduler, lrs[: len(groups)], decays[: len(groups)])
+            if value_head is not None:
+                value_head.load_state_dict(checkpoint.state["value_head"])
+            set_rng_state(checkpoint.state["rng"])
+        start = plan.step
         logger = MetricsLogger(
             run_dir, run_name=run_dir.name, config=_flat(config), wandb=config.run.wandb,
-            wandb_project=config.run.wandb_project, resume=config.run.resume, resume_step=start if config.run.resume else None,
-            tensorboard=config.run.tensorboard,
+            wandb_project=config.run.wandb_project, resume=config.run.resume, tensorboard=config.run.tensorboard,
+            resume_step=(start if checkpoint is not None else -1) if config.run.resume else None,
         )  # fmt: skip
         engine = make_engine(config, model, tokenizer, device)
         ctx = UpdateContext(
@@ -94,16 +119,39 @@ def train(config: Config) -> Path:
             logger.log_samples([sample_row(step, e, kind="eval") for e in episodes[:16]])
             progress.eval(step, metrics)
 
-        def save(step: int) -> None:
-            save_checkpoint(run_dir, model, tokenizer, step, optimizer, lr_scheduler)
-            save_adapter(model, tokenizer, run_dir / "adapter")
+        def save(step: int, **sft_state) -> None:
+            state = {
+                "update": step,
+                "phase": "sft" if sft_state else "rl",
+                "optimizer": optimizer.state_dict(),
+                "lr_scheduler": lr_scheduler.state_dict(),
+                "value_head": value_head.state_dict() if value_head is not None else None,
+                "log_sizes": log_sizes(run_dir),
+                **sft_state,
+            }
+            save_checkpoint(run_dir, model, tokenizer, base, state)
+            save_adapter(model, tokenizer, run_dir / "adapter", base)
+            plan.saved = f"update {step}" if not sft_state else f"SFT step {sft_state['sft_step']}"
 
-        if start == 0:
+        def sft_step_done(sft_step: int, sft_optimizer) -> None:
+            """After each SFT step: the checkpoint cadence, and Ctrl-C's safe point."""
+            if sft_step == config.sft.sft_steps:  # the step-0 checkpoint follows at once
+                return
+            if stop.requested or (config.run.save_every and sft_step % config.run.save_every == 0):
+                save(0, sft_step=sft_step, sft_optimizer=sft_optimizer.state_dict())
+            if stop.requested:
+                raise Interrupted(f"stopped after SFT step {sft_step}; {_last_checkpoint(plan)}")
+
+        if checkpoint is None or checkpoint.state.get("phase") == "sft":
             if config.sft.sft_steps:
-                sft_warm_up(config, ctx, logger, progress)
+                resumed = checkpoint.state if checkpoint is not None else {}
+                sft_warm_up(config, ctx, logger, progress, start_step=resumed.get("sft_step", 0),
+                        optimizer_state=resumed.get("sft_optimizer"), after_step=sft_step_done)  # fmt: skip
             run_eval(0)
+            save(0)  # SFT and the step-0 eval are never repeated by a resume
+            if stop.requested:
+                raise Interrupted(f"stopped after the step-0 eval; {_last_checkpoint(plan)}")
             if total == 0:
-                save(0)
                 refresh_report(run_dir, warn=progress.print)
         last_plot = time.monotonic()  # plotting takes seconds: on a GPU that is as long as an update
         for update in range(start, total):
@@ -113,7 +161,9 @@ def train(config: Config) -> Path:
                 kv_bytes = engine.fit_kv_cache(torch.cuda.max_memory_allocated(device))
                 if kv_bytes is not None:
                     metrics["engine/kv_cache_gb"] = kv_bytes / GIB
-                    progress.print(f"KV cache sized to {kv_bytes / GIB:.1f} GiB after the first training step's peak")
+                    progress.print(
+                        f"KV cache sized to {kv_bytes / GIB:.1f} GiB after the first training step's peak"
+                    )
             logger.log(step, metrics, kind="train")
             if config.run.samples_every and step % config.run.samples_every == 0:
                 logger.log_samples([sample_row(step, e) for e in episodes])
@@ -122,18 +172,34 @@ def train(config: Config) -> Path:
             saved = step == total or bool(config.run.save_every and step % config.run.save_every == 0)
             if evaluated:
                 run_eval(step)
-            if saved:
+            if saved or stop.requested:
                 save(step)
             if evaluated or saved or time.monotonic() - last_plot >= config.run.plot_interval_s:
                 refresh_report(run_dir, warn=progress.print)
                 last_plot = time.monotonic()
+            if stop.requested and step < total:
+                raise Interrupted(f"stopped after update {step}; {_last_checkpoint(plan)}")
         logger.close()
         progress.print(f"done: {run_dir}")
     return run_dir
 
 
-def sft_warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progress: UpdateProgress) -> None:
-    """SFT on the environment's demonstrations, then a greedy check of format and reward."""
+def _last_checkpoint(plan: RunPlan) -> str:
+    """Where a stopped run stands, and the command that continues it."""
+    saved = plan.saved or (f"update {plan.step}" if plan.checkpoint else None)
+    command = f"picorl train --name {plan.run_dir.name} --resume"
+    if plan.config.run.runs_dir != "runs":
+        command += f" --runs-dir {plan.config.run.runs_dir}"
+    if saved is None:
+        return f"no checkpoint was written yet, so `{command}` starts the run over"
+    return f"checkpoint at {saved} in {plan.run_dir / 'checkpoint'}; continue with `{command}`"
+
+
+def sft_warm_up(
+    config: Config, ctx: UpdateContext, logger: MetricsLogger, progress: UpdateProgress, **resume
+) -> None:
+    """SFT on the environment's demonstrations, then a greedy check of format and reward. ``resume``:
+    ``start_step``, ``optimizer_state`` and ``after_step`` of :func:`picorl.train.sft.run_sft`."""
     sft = config.sft
     env = ctx.make_env()
     chats = [env.demonstration(seed) for seed in sft_task_seeds(sft.sft_num_examples)]
@@ -146,7 +212,7 @@ def sft_warm_up(config: Config, ctx: UpdateContext, logger: MetricsLogger, progr
     t0 = time.perf_counter()
     final = run_sft(
         ctx.model, ctx.tokenizer, chats, steps=sft.sft_steps, batch_size=sft.sft_batch_size, lr=sft.sft_lr,
-        device=ctx.device, log=log,
+        device=ctx.device, log=log, **resume,
     )  # fmt: skip
     params = SamplingParams(max_tokens=config.rollout.max_tokens, temperature=0.0)
     seeds = sft_task_seeds(32, offset=10**6)

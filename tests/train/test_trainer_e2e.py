@@ -87,4 +87,4 @@ def test_eval_command_on_saved_adapter(in_tmp, capsys):
     out = json.loads((in_tmp / "runs/ev/eval.json").read_text())
     assert out["eval/tier1/n"] == 3 and 0 <= out["eval/tier1/accuracy"] <= 1
     assert main(["eval", "--model", "tiny-qwen3", "--adapter", "runs/nope"]) == 2
-    assert "not a PEFT adapter folder" in capsys.readouterr().err
+    assert "adapter folder runs/nope does not exist" in capsys.readouterr().err
