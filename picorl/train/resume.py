@@ -116,7 +116,9 @@ def plan_run(config: Config) -> RunPlan:
             f"pass --num-updates {plan.step} or more"
         )
     else:
-        plan.notes.append(f"resuming from {plan.checkpoint.folder.name}/ at update {plan.step}")
+        state = plan.checkpoint.state
+        where = f"SFT step {state['sft_step']}" if state.get("phase") == "sft" else f"update {plan.step}"
+        plan.notes.append(f"resuming from {plan.checkpoint.folder.name}/ at {where}")
     for key, (old, new) in plan.changes.items():
         plan.notes.append(f"changed on resume: {key} {old!r} -> {new!r}")
     return plan
