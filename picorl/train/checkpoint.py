@@ -28,7 +28,12 @@ from picorl.models.adapter import BASE_FILE
 from picorl.models.adapter import CONFIG_FILE as ADAPTER_CONFIG
 
 STATE_FILE = "trainer_state.pt"
+REQUIRED_STATE = ("update", "optimizer", "lr_scheduler", "rng", "log_sizes")
 MODEL_DIR = "model"
+
+
+class OlderCheckpoint(Exception):
+    """A checkpoint from before the state held what an exact resume needs."""
 
 
 class SaveError(ValueError):
@@ -121,6 +126,11 @@ def latest_checkpoint(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
             continue
         try:
             return _read(folder), problems
+        except OlderCheckpoint as e:  # readable, but resuming it would lose or repeat rows: say so
+            raise ValueError(
+                f"{folder} was written by an older picorl ({e}), so it cannot be resumed exactly; "
+                "start a new run (another --name), or continue it with the picorl version that wrote it"
+            ) from None
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped for an older one
             problems.append(f"{folder} is unreadable ({type(e).__name__}: {str(e)[:120]})")
     return None, problems
@@ -130,6 +140,9 @@ def _read(folder: Path) -> Checkpoint:
     from safetensors.torch import load_file
 
     state = torch.load(folder / STATE_FILE, weights_only=False, map_location="cpu")
+    missing = [key for key in REQUIRED_STATE if key not in state]
+    if missing:
+        raise OlderCheckpoint(f"its state has no {', '.join(missing)}")
     shards = sorted((folder / MODEL_DIR).glob("*.safetensors"))
     if not shards:
         raise FileNotFoundError(f"no weights in {folder / MODEL_DIR}")

@@ -15,7 +15,8 @@ def fake_checkpoint(folder, update):
     from safetensors.torch import save_file
 
     save_file({"w": torch.full((2,), float(update))}, folder / "model" / "adapter_model.safetensors")
-    torch.save({"update": update}, folder / "trainer_state.pt")
+    state = {"update": update, "optimizer": {}, "lr_scheduler": {}, "rng": {}, "log_sizes": {}}
+    torch.save(state, folder / "trainer_state.pt")
 
 
 def test_a_kill_between_the_two_renames_leaves_old_which_is_read(tmp_path):
@@ -38,6 +39,17 @@ def test_newest_wins_when_both_exist(tmp_path):
     fake_checkpoint(tmp_path / "checkpoint", 6)
     fake_checkpoint(tmp_path / "checkpoint.old", 4)  # a kill during the old one's removal
     assert latest_checkpoint(tmp_path)[0].state["update"] == 6
+
+
+def test_a_checkpoint_from_an_older_picorl_is_refused_not_skipped(tmp_path):
+    """Skipping it would start the run over and empty its logs; refusing loses nothing."""
+    fake_checkpoint(tmp_path / "checkpoint", 6)
+    torch.save(
+        {"update": 6, "optimizer": {}, "scheduler": {}, "rng": {}},
+        tmp_path / "checkpoint" / "trainer_state.pt",
+    )
+    with pytest.raises(ValueError, match="older picorl .*no lr_scheduler, log_sizes.*start a new run"):
+        latest_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
