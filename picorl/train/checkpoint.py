@@ -64,8 +64,9 @@ def write_dir_atomically(final: Path, write) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_adapter(model, tokenizer, path: Path, base: dict[str, Any]) -> None:
-    """The trained adapter (or full model) as PEFT/transformers write it, naming its base model."""
+def save_adapter(model, tokenizer, path: Path, base: dict[str, Any] | None = None) -> None:
+    """The trained adapter (or full model) as PEFT/transformers write it, naming its base model
+    (``base``: :func:`picorl.models.identity.base_model_record`; without it the base goes unrecorded)."""
 
     def write(tmp: Path) -> None:
         _save_model(model, tokenizer, tmp, base)
@@ -73,9 +74,11 @@ def save_adapter(model, tokenizer, path: Path, base: dict[str, Any]) -> None:
     write_dir_atomically(path, write)
 
 
-def _save_model(model, tokenizer, folder: Path, base: dict[str, Any]) -> None:
+def _save_model(model, tokenizer, folder: Path, base: dict[str, Any] | None) -> None:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    if base is None:
+        return
     config_path = folder / ADAPTER_CONFIG
     if config_path.is_file():  # written after the save: PEFT would look the name up on the hub while saving
         adapter_config = json.loads(config_path.read_text())
