@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from picorl.config import Config, resolve_auto
+from picorl.envs.registry import make_env
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import format_eval_lines
 from picorl.models import load_model_and_tokenizer
@@ -26,9 +27,9 @@ def run_eval(config: Config, adapter: str | None = None, console=print) -> dict[
         model = PeftModel.from_pretrained(model, adapter)
     engine = make_engine(config, model, tokenizer, device)
     metrics, _ = evaluate(
-        engine, tokenizer, env_name=config.env.env, tiers=config.eval.eval_tiers,
-        num_tasks=config.eval.eval_num_tasks, eval_seed=config.eval.eval_seed,
-        max_tokens=config.eval.eval_max_tokens, reward_mode=config.env.reward_mode,
+        engine, tokenizer, lambda tier: make_env(config.env.env, difficulty=tier, **config.env.kwargs()),
+        tiers=config.eval.eval_tiers, num_tasks=config.eval.eval_num_tasks, eval_seed=config.eval.eval_seed,
+        max_tokens=config.eval.eval_max_tokens,
     )  # fmt: skip
     console(f"eval of {config.model.model}" + (f" + {adapter}" if adapter else "") + ":")
     for line in format_eval_lines(0, metrics):

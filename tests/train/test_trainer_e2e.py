@@ -30,7 +30,16 @@ def test_train_writes_every_artifact(in_tmp):
     train = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in train] == [1, 2, 3]
-    assert [r["step"] for r in evals] == [0, 3], "eval before training and at the end"
+    assert [r["step"] for r in evals] == [0, 0, 3], "eval before anything, after SFT and at the end"
+    assert [r["stage"] for r in evals] == ["base", "sft", "rl"]
+    eval_samples = read_jsonl(run / "eval_samples.jsonl")
+    assert len(eval_samples) == 3 * 2 * 3, "every eval episode: 3 evals x 2 tiers x 3 tasks"
+    assert [(r["stage"], r["tier"]) for r in eval_samples[:6]] == [("base", 1)] * 3 + [("base", 2)] * 3
+    for row in eval_samples:
+        for key in ("prompt", "completion", "reward", "correct", "tier", "task_seed", "expected"):
+            assert key in row, key
+    accuracy = sum(r["correct"] for r in eval_samples if r["stage"] == "rl" and r["tier"] == 1) / 3
+    assert evals[2]["eval/tier1/accuracy"] == accuracy, "eval_samples.jsonl re-scores to the metric"
     assert any(r["kind"] == "sft" and "sft/loss" in r for r in rows)
     for key in (
         "reward/mean", "reward/std", "reward/exact_fraction", "reward/format_compliance",
