@@ -39,6 +39,11 @@ class ModelConfig:
     gradient_checkpointing: bool | None = opt(
         None, "Recompute activations in backward to save memory (auto: on for GPU, off for CPU)."
     )
+    init_adapter: str | None = opt(
+        None,
+        "Start from this saved LoRA adapter folder (e.g. runs/NAME/sft_adapter, to run RL on top of an "
+        "earlier SFT) instead of a fresh one; its own rank and targets apply.",
+    )
 
     def __post_init__(self) -> None:
         check(
