@@ -171,8 +171,8 @@ class SFTConfig:
     )
     sft_batch_size: int = opt(8, "Demonstrations per SFT step (each step draws fresh ones).")
     sft_lr: float = opt(
-        2e-4,
-        "Peak SFT learning rate (5% warm-up, cosine to a tenth). LoRA wants ~10x a full fine-tune's.",
+        1e-3,
+        "Peak SFT learning rate (5% warm-up, cosine to a tenth); for LoRA. A full fine-tune wants ~1e-4.",
     )
     sft_tiers: list[int] | None = opt(None, "Tiers of the SFT demonstrations (auto: the training tiers).")
     sft_curriculum: bool = opt(
