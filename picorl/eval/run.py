@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 from picorl.config import Config, resolve_auto
-from picorl.envs.registry import make_env
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import format_eval_lines
 from picorl.models import load_model_and_tokenizer
-from picorl.runtime import make_engine, pick_device
+from picorl.runtime import env_factory, make_engine, pick_device
 
 
 def run_eval(config: Config, adapter: str | None = None, console=print) -> dict[str, float]:
@@ -27,7 +26,7 @@ def run_eval(config: Config, adapter: str | None = None, console=print) -> dict[
         model = PeftModel.from_pretrained(model, adapter)
     engine = make_engine(config, model, tokenizer, device)
     metrics, _ = evaluate(
-        engine, tokenizer, lambda tier: make_env(config.env.env, difficulty=tier, **config.env.kwargs()),
+        engine, tokenizer, lambda tier: env_factory(config, [tier])(),
         tiers=config.eval.eval_tiers, num_tasks=config.eval.eval_num_tasks, eval_seed=config.eval.eval_seed,
         max_tokens=config.eval.eval_max_tokens,
     )  # fmt: skip

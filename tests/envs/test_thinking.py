@@ -3,11 +3,10 @@
 import pytest
 
 from picorl.config import ModelConfig
+from picorl.engine import HFEngine, SamplingParams
 from picorl.envs.letter_counting import LetterCounting
 from picorl.models import load_model_and_tokenizer
 from picorl.rollout.episodes import render_prompt, run_episodes
-from picorl.rollout.hf_engine import HFEngine
-from picorl.rollout.types import SamplingParams
 from picorl.train.policy import make_policy
 from picorl.train.sft import DemonstrationStream, demonstration_tokens, run_sft
 
