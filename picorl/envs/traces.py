@@ -44,14 +44,20 @@ letter over a long list in one step. ``scan`` turns counting into one increment 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from picorl.envs.letter_counting import LetterTask
+from typing import Literal, Protocol
 
 CotFormat = Literal["spell", "scan", "window"]
 COT_FORMATS: tuple[str, ...] = ("spell", "scan", "window")
 WINDOW = 8  # characters per copied block in the ``window`` format
+
+
+class LetterTask(Protocol):
+    """What a trace reads of a task (``picorl.envs.letter_counting.LetterTask`` is one); a protocol
+    here, so this module needs nothing from the environment that uses it."""
+
+    text: str
+    letters: tuple[str, ...]
+    counts: tuple[int, ...]
 
 
 def _times(n: int) -> str:
