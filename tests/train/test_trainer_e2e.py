@@ -92,3 +92,17 @@ def test_eval_command_on_saved_adapter(in_tmp, capsys):
     assert out["eval/tier1/n"] == 3 and 0 <= out["eval/tier1/accuracy"] <= 1
     assert main(["eval", "--model", "tiny-qwen3", "--adapter", "runs/nope"]) == 2
     assert "not a PEFT adapter folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_cpu_default_runs_end_to_end_on_a_tiny_model(in_tmp):
+    """`picorl train` with every size at its CPU default (only the model swapped for a tiny one)."""
+    assert main(["train", "--model", "tiny-qwen3", "--name", "cpu-default", "--device", "cpu"]) == 0
+    run = in_tmp / "runs" / "cpu-default"
+    rows = read_jsonl(run / "metrics.jsonl")
+    config = (run / "config.toml").read_text()
+    assert 'cot = "scan"' in config and "sft_steps = 12" in config and "num_updates = 10" in config
+    assert [r["stage"] for r in rows if r["kind"] == "eval"] == ["base", "sft", "rl"]
+    assert len([r for r in rows if r["kind"] == "train"]) == 10
+    assert len(read_jsonl(run / "eval_samples.jsonl")) == 3 * 2 * 24  # 3 evals, tiers 1-2, 24 tasks
+    assert (run / "training_curves.png").stat().st_size > 0
