@@ -40,6 +40,11 @@ class ModelConfig:
     gradient_checkpointing: bool | None = opt(
         None, "Recompute activations in backward to save memory (auto: on for GPU, off for CPU)."
     )
+    init_adapter: str | None = opt(
+        None,
+        "Start from this saved LoRA adapter folder (e.g. runs/NAME/sft_adapter, to run RL on top of an "
+        "earlier SFT) instead of a fresh one; its own rank and targets apply.",
+    )
 
     def __post_init__(self) -> None:
         check(
@@ -59,6 +64,28 @@ class EnvConfig:
         "partial",
         "partial: 0.1 + 0.9 * fraction of letters exactly right (the seed's final rule); binary: 1/0.",
     )
+    cot: str = opt(
+        "scan",
+        "Reasoning format of the SFT demonstrations (picorl/envs/traces.py): scan (one character per "
+        "line with a running count of each asked letter), window (scan plus a copy of every 8-character "
+        "block) or spell (the seed's: spell the string, then state the counts).",
+    )
+    thinking: bool = opt(
+        False,
+        "Thinking mode: demonstrations reason inside <think>...</think> and the chat template gets "
+        "enable_thinking (Qwen3); only the answer after </think> is scored.",
+    )
+    curriculum_threshold: float | None = opt(
+        None,
+        "RL tier curriculum: train on the train_difficulty tiers one at a time, in the order given, "
+        "moving to the next when the mean exact-match of the last curriculum_window updates reaches "
+        "this. Off unless set.",
+    )
+    curriculum_window: int = opt(5, "Updates averaged for the curriculum's promotion rule.")
+
+    def kwargs(self) -> dict[str, object]:
+        """Keyword arguments that build this env (besides its tiers) with ``make_env``."""
+        return {"reward_mode": self.reward_mode, "cot": self.cot, "thinking": self.thinking}
 
     def __post_init__(self) -> None:
         if isinstance(self.train_difficulty, int):
@@ -71,6 +98,14 @@ class EnvConfig:
             self.reward_mode in ("partial", "binary"),
             f"reward_mode must be partial|binary, got {self.reward_mode!r}",
         )
+        check(
+            self.cot in ("scan", "window", "spell"), f"cot must be scan|window|spell, got {self.cot!r}"
+        )
+        check(
+            self.curriculum_threshold is None or 0 < self.curriculum_threshold <= 1,
+            f"curriculum_threshold must be in (0, 1], got {self.curriculum_threshold}",
+        )
+        check(self.curriculum_window >= 1, f"curriculum_window must be >= 1, got {self.curriculum_window}")
 
 
 @dataclass
@@ -132,17 +167,31 @@ class TrainConfig:
 class SFTConfig:
     sft_steps: int | None = opt(
         None,
-        "Supervised warm-up steps on synthetic spelled-out chats before RL (auto: 50 on GPU, 12 on CPU; 0 = off).",
+        "Supervised steps on fresh demonstrations (the env's reasoning format) before RL "
+        "(auto: 200 on GPU, 12 on CPU; 0 = off).",
     )
-    sft_num_examples: int = opt(100, "Distinct synthetic chats the warm-up cycles through.")
-    sft_batch_size: int = opt(8, "Chats per SFT step.")
-    sft_lr: float = opt(2e-4, "SFT learning rate.")
+    sft_batch_size: int = opt(8, "Demonstrations per SFT step (each step draws fresh ones).")
+    sft_lr: float = opt(
+        1e-3,
+        "Peak SFT learning rate (5% warm-up, cosine to a tenth); for LoRA. A full fine-tune wants ~1e-4.",
+    )
+    sft_tiers: list[int] | None = opt(None, "Tiers of the SFT demonstrations (auto: the training tiers).")
+    sft_curriculum: bool = opt(
+        True, "Unlock sft_tiers in the order given, evenly over the first half of SFT."
+    )
+    sft_micro_batch_tokens: int = opt(
+        16384, "Padded tokens per SFT forward/backward; larger batches are split, gradients summed."
+    )
 
     def __post_init__(self) -> None:
         check(self.sft_steps is None or self.sft_steps >= 0, f"sft_steps must be >= 0, got {self.sft_steps}")
-        check(self.sft_num_examples >= 1, f"sft_num_examples must be >= 1, got {self.sft_num_examples}")
         check(self.sft_batch_size >= 1, f"sft_batch_size must be >= 1, got {self.sft_batch_size}")
         check(self.sft_lr > 0, f"sft_lr must be > 0, got {self.sft_lr}")
+        check(
+            self.sft_tiers is None or (bool(self.sft_tiers) and all(1 <= t <= 10 for t in self.sft_tiers)),
+            f"sft_tiers must be tiers in 1..10, got {self.sft_tiers}",
+        )
+        check(self.sft_micro_batch_tokens >= 1, "sft_micro_batch_tokens must be >= 1")
 
 
 @dataclass
@@ -349,7 +398,7 @@ AUTO_SIZES = {
     "max_tokens": (512, 96),
     "num_updates": (100, 10),
     "micro_batch_size": (16, 8),
-    "sft_steps": (50, 12),
+    "sft_steps": (200, 12),
     "eval_every": (10, 0),
     "eval_num_tasks": (200, 24),
     "gradient_checkpointing": (True, False),
@@ -368,6 +417,8 @@ def resolve_auto(config: Config, on_gpu: bool) -> Config:
         config.eval.eval_max_tokens = config.rollout.max_tokens
     if config.eval.eval_tiers is None:
         config.eval.eval_tiers = default_eval_tiers(config.env.train_difficulty)
+    if config.sft.sft_tiers is None:
+        config.sft.sft_tiers = list(config.env.train_difficulty)
     return config
 
 

@@ -6,17 +6,20 @@ Task seeds live in three disjoint ranges, so no eval or SFT task is ever a train
 
 - training tasks: ``[0, EVAL_SEEDS_START)`` (a fixed function of run seed, update and group);
 - eval sets: from ``EVAL_SEEDS_START`` (a fixed function of eval seed, tier and index);
-- SFT demonstrations and the post-SFT check: from ``SFT_SEEDS_START``.
+- SFT demonstrations: from ``SFT_SEEDS_START`` (``picorl.train.sft``).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from picorl.config import Config
 from picorl.engine import EngineConfig, HFEngine, LLMEngine, RolloutEngine
+from picorl.envs.base import Env
 from picorl.envs.registry import make_env
 
 EVAL_SEEDS_START = 2**40  # training task seeds are below it
@@ -50,9 +53,10 @@ def eval_task_seeds(tier: int, num_tasks: int, eval_seed: int) -> list[int]:
     return [EVAL_SEEDS_START + eval_seed * 1_000_003 + tier * 100_000 + i for i in range(num_tasks)]
 
 
-def sft_task_seeds(count: int, offset: int = 0) -> list[int]:
-    """Seeds of SFT demonstrations (``offset`` 0) and of the post-SFT check (a later offset)."""
-    return list(range(SFT_SEEDS_START + offset, SFT_SEEDS_START + offset + count))
+def env_factory(config: Config, tiers: list[int] | None = None) -> Callable[[], Env]:
+    """Fresh environments as ``config.env`` says, on ``tiers`` (default: the training tiers)."""
+    env = config.env
+    return partial(make_env, env.env, difficulty=tiers or env.train_difficulty, **env.kwargs())
 
 
 def make_engine(config: Config, model, tokenizer, device: torch.device) -> RolloutEngine:

@@ -30,6 +30,12 @@ class Env(ABC):
     #: Episodes are cut after this many assistant turns (the last step is forced to be done).
     max_turns: int = 1
 
+    @property
+    def chat_template_kwargs(self) -> dict[str, Any]:
+        """Extra variables for the chat template when this env's prompts are rendered (e.g.
+        ``enable_thinking`` for Qwen3); none by default."""
+        return {}
+
     @abstractmethod
     def reset(self, seed: int) -> list[Message]:
         """Start an episode: the same seed gives the same task, so k copies form one GRPO group."""

@@ -45,7 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from picorl.envs.base import Env, Message, StepResult
-from picorl.envs.rewards import REWARD_MODES, RewardMode, score
+from picorl.envs.rewards import REWARD_MODES, RewardMode, final_answer_text, score
+from picorl.envs.traces import COT_FORMATS, CotFormat, trace
 from picorl.envs.words import words_with_length
 
 ALPHABET = string.ascii_lowercase
@@ -179,21 +180,31 @@ def answer_text(task: LetterTask) -> str:
     return f"<answer>{json.dumps(task.expected)}</answer>"
 
 
-def _times(n: int) -> str:
-    return "1 time" if n == 1 else f"{n} times"
-
-
-def sft_chat(task: LetterTask, system_prompt: bool = True) -> list[Message]:
-    """A worked example for SFT warm-up: the prompt plus an assistant reply that spells the whole
-    string out, states each count, then gives the answer (the seed's format)."""
-    lines = [f'Let me spell out "{task.text}" letter by letter:', ", ".join(task.text), ""]
-    if len(task.letters) == 1:
-        lines.append(f'The letter "{task.letters[0]}" appears {_times(task.counts[0])}.')
+def sft_chat(
+    task: LetterTask, system_prompt: bool = True, cot: CotFormat = "spell", thinking: bool = False
+) -> list[Message]:
+    """A worked example for SFT: the prompt plus an assistant reply that reasons in format ``cot``
+    (see ``picorl.envs.traces``), then gives the answer block. With ``thinking`` the reasoning sits
+    inside ``<think>...</think>`` (chat templates with a thinking mode, e.g. Qwen3's)."""
+    reasoning = trace(task, cot)
+    if thinking:
+        reply = f"<think>\n{reasoning}\n</think>\n\n{answer_text(task)}"
     else:
-        lines.append("Counting each letter:")
-        lines += [f'"{c}" appears {_times(n)}' for c, n in zip(task.letters, task.counts)]
-    reply = "\n".join(lines) + "\n\n" + answer_text(task)
+        reply = f"{reasoning}\n\n{answer_text(task)}"
     return prompt_messages(task, system_prompt) + [{"role": "assistant", "content": reply}]
+
+
+def reasoning_chars(text: str) -> int:
+    """Characters of reasoning in a reply: what comes before its final ``</think>`` if it thinks,
+    else before its first ``<answer>`` (the whole reply if it has neither)."""
+    final = final_answer_text(text)
+    if final is None:  # thinking never ended: all of it is reasoning
+        return len(text)
+    thought = len(text) - len(final)
+    if thought:
+        return thought
+    start = text.lower().find("<answer>")
+    return len(text) if start < 0 else start
 
 
 class LetterCounting(Env):
@@ -208,6 +219,8 @@ class LetterCounting(Env):
         difficulty: int | Sequence[int] = 1,
         reward_mode: RewardMode = "partial",
         system_prompt: bool = True,
+        cot: CotFormat = "scan",
+        thinking: bool = False,
     ) -> None:
         is_list = isinstance(difficulty, Sequence) and not isinstance(difficulty, str)
         tiers = list(difficulty) if is_list else [difficulty]
@@ -218,7 +231,17 @@ class LetterCounting(Env):
             raise ValueError(f"unknown reward_mode {reward_mode!r}; use one of {REWARD_MODES}")
         self.reward_mode = reward_mode
         self.system_prompt = system_prompt
+        if cot not in COT_FORMATS:
+            raise ValueError(f"unknown reasoning format {cot!r}; use one of {', '.join(COT_FORMATS)}")
+        self.cot = cot
+        self.thinking = thinking
         self.task: LetterTask | None = None
+
+    @property
+    def chat_template_kwargs(self) -> dict[str, bool]:
+        # Qwen3's template reads it (off: the prompt ends with an empty think block); templates
+        # without a thinking mode ignore it.
+        return {"enable_thinking": self.thinking}
 
     def task_for_seed(self, seed: int) -> LetterTask:
         """The task ``reset(seed)`` asks (no state change)."""
@@ -227,8 +250,8 @@ class LetterCounting(Env):
         return make_task(tier, rng)
 
     def demonstration(self, seed: int) -> list[Message]:
-        """The spelled-out worked answer to the task of ``seed`` (SFT warm-up data)."""
-        return sft_chat(self.task_for_seed(seed), self.system_prompt)
+        """The worked answer to the task of ``seed`` in this env's reasoning format (SFT data)."""
+        return sft_chat(self.task_for_seed(seed), self.system_prompt, self.cot, self.thinking)
 
     def reset(self, seed: int) -> list[Message]:
         self.task = self.task_for_seed(seed)
@@ -238,4 +261,5 @@ class LetterCounting(Env):
         if self.task is None:
             raise RuntimeError("LetterCounting.step called before reset(seed); reset first")
         reward, info = score(assistant_text, self.task, self.reward_mode)
+        info["reasoning_chars"] = reasoning_chars(assistant_text)
         return StepResult(next_message=None, reward=reward, done=True, info=info)

@@ -8,8 +8,10 @@ training seed), so runs and checkpoints compare on identical tasks. Accuracy cou
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from picorl.engine.types import RolloutEngine, SamplingParams
-from picorl.envs.registry import make_env
+from picorl.envs.base import Env
 from picorl.logging.stats import wilson_interval
 from picorl.rollout.episodes import Episode, run_episodes
 from picorl.runtime import eval_task_seeds
@@ -18,21 +20,21 @@ from picorl.runtime import eval_task_seeds
 def evaluate(
     engine: RolloutEngine,
     tokenizer,
+    make_env: Callable[[int], Env],
     *,
-    env_name: str,
     tiers: list[int],
     num_tasks: int,
     eval_seed: int,
     max_tokens: int,
-    reward_mode: str = "partial",
 ) -> tuple[dict[str, float], list[Episode]]:
-    """Greedy episodes on every tier's eval set; returns ``eval/tier{N}/...`` metrics and the episodes."""
+    """Greedy episodes on every tier's eval set (``make_env(tier)`` builds an env of that tier);
+    returns ``eval/tier{N}/...`` metrics and the episodes."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     metrics: dict[str, float] = {}
     all_episodes: list[Episode] = []
     for tier in tiers:
         episodes = run_episodes(
-            lambda tier=tier: make_env(env_name, difficulty=tier, reward_mode=reward_mode),
+            lambda tier=tier: make_env(tier),
             eval_task_seeds(tier, num_tasks, eval_seed),
             engine,
             tokenizer,
@@ -56,5 +58,6 @@ def tier_metrics(tier: int, episodes: list[Episode]) -> dict[str, float]:
         f"{prefix}/format_compliance": sum(bool(e.info.get("format_ok")) for e in episodes) / n,
         f"{prefix}/reward_mean": sum(e.reward for e in episodes) / n,
         f"{prefix}/truncated_fraction": sum(e.truncated for e in episodes) / n,
+        f"{prefix}/completion_tokens": sum(e.num_generated for e in episodes) / n,
         f"{prefix}/n": float(n),
     }

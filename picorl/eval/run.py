@@ -10,7 +10,7 @@ from picorl.eval.evaluate import evaluate
 from picorl.logging.console import format_eval_lines
 from picorl.models import load_model_and_tokenizer
 from picorl.models.adapter import load_adapter
-from picorl.runtime import make_engine, pick_device
+from picorl.runtime import env_factory, make_engine, pick_device
 
 
 def run_eval(config: Config, adapter: str | None = None, console=print) -> dict[str, float]:
@@ -21,9 +21,9 @@ def run_eval(config: Config, adapter: str | None = None, console=print) -> dict[
         model = load_adapter(model, adapter, config.model.model)
     engine = make_engine(config, model, tokenizer, device)
     metrics, _ = evaluate(
-        engine, tokenizer, env_name=config.env.env, tiers=config.eval.eval_tiers,
-        num_tasks=config.eval.eval_num_tasks, eval_seed=config.eval.eval_seed,
-        max_tokens=config.eval.eval_max_tokens, reward_mode=config.env.reward_mode,
+        engine, tokenizer, lambda tier: env_factory(config, [tier])(),
+        tiers=config.eval.eval_tiers, num_tasks=config.eval.eval_num_tasks, eval_seed=config.eval.eval_seed,
+        max_tokens=config.eval.eval_max_tokens,
     )  # fmt: skip
     console(f"eval of {config.model.model}" + (f" + {adapter}" if adapter else "") + ":")
     for line in format_eval_lines(0, metrics):

@@ -96,8 +96,10 @@ def format_eval_lines(step: int, metrics: dict[str, Any]) -> list[str]:
             head += f" [{low:.3f}, {high:.3f}]"
         if n is not None:
             head += f" n={n:.0f}"
+        stage = metrics.get("stage")
+        where = {"base": "eval of the base model", "sft": "eval after SFT"}.get(stage, f"eval @ update {step}")
         segments = [
-            f"eval @ update {step}",
+            where,
             head,
             _fmt("format", _get(metrics, p + "format_compliance"), ".2f"),
             _fmt("reward", _get(metrics, p + "reward_mean"), ".3f"),
@@ -111,6 +113,8 @@ def format_sft_line(sft_step: int, total: int, metrics: dict[str, Any]) -> str:
     segments = [
         f"sft {sft_step}/{total}",
         _fmt("loss", _get(metrics, "sft/loss"), ".4g"),
+        _fmt("tok/s", _get(metrics, "sft/tokens_per_s"), ",.0f"),
+        _fmt("lr", _get(metrics, "sft/lr"), ".2e"),
         _fmt("post-sft format", _get(metrics, "sft/post_format_compliance"), ".2f"),
         _fmt("post-sft reward", _get(metrics, "sft/post_mean_reward"), ".3f"),
     ]

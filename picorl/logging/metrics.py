@@ -128,6 +128,7 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
+        self.eval_samples_path = self.run_dir / "eval_samples.jsonl"
         if resume_step is not None and not resume:
             raise ValueError("resume_step only makes sense with resume=True")
         rows = read_jsonl(self.metrics_path)
@@ -141,6 +142,8 @@ class MetricsLogger:
             _write_jsonl_atomic(self.metrics_path, rows)
             samples = read_jsonl(self.samples_path)
             _write_jsonl_atomic(self.samples_path, [s for s in samples if s.get("update", 0) <= resume_step])
+            evals = read_jsonl(self.eval_samples_path)
+            _write_jsonl_atomic(self.eval_samples_path, [s for s in evals if s.get("step", 0) <= resume_step])
         self._last_step: dict[str, int] = {}
         self._last_sft_step = -1
         for row in rows:
@@ -150,6 +153,7 @@ class MetricsLogger:
                 self._last_sft_step = max(self._last_sft_step, int(row.get(SFT_STEP_KEY, 0)))
         self._metrics_file = self.metrics_path.open("a")
         self._samples_file = self.samples_path.open("a")
+        self._eval_samples_file = None  # opened at the first eval, so runs without one have no file
         self._wandb_run = None
         self._wandb_defined: set[str] = set()
         if wandb:
@@ -199,9 +203,20 @@ class MetricsLogger:
         if self._tensorboard is not None and evals:
             self._tensorboard.log_eval_samples(int(evals[0].get("update", evals[0].get("step", 0))), evals)
 
+    def log_eval_samples(self, rows: list[dict[str, Any]]) -> None:
+        """Append every eval episode (step, stage, tier, task seed, prompt, completion, reward, correct,
+        ...) to eval_samples.jsonl, so each eval number can be re-scored."""
+        if self._eval_samples_file is None:
+            self._eval_samples_file = self.eval_samples_path.open("a")
+        for row in rows:
+            self._eval_samples_file.write(json.dumps(row, default=str) + "\n")
+        self._eval_samples_file.flush()
+
     def close(self) -> None:
         self._metrics_file.close()
         self._samples_file.close()
+        if self._eval_samples_file is not None:
+            self._eval_samples_file.close()
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None

@@ -94,12 +94,19 @@ def _fractions(key: str) -> Callable[[Axes, Rows, Rows, Rows], bool]:
 
 
 def _eval_accuracy(ax: Axes, train: Rows, evals: Rows, sft: Rows) -> bool:
+    """The eval curve from step 0 on (after SFT when there is one); the base model's score is an x."""
     drew = False
+    base = [row for row in evals if row.get("stage") == "base"]
+    trained = [row for row in evals if row.get("stage") != "base"] if len(base) < len(evals) else base
     for i, tier in enumerate(_tiers(evals)):
         p = f"eval/tier{tier}/accuracy"
+        if trained is not base:
+            for row in base:
+                if _number(row.get(p)) is not None:
+                    ax.plot([row["step"]], [row[p]], color=_tier_color(i), marker="x", markersize=7)
         points = [
             (row["step"], row[p], row.get(p + "_low"), row.get(p + "_high"))
-            for row in evals
+            for row in trained
             if _number(row.get("step")) is not None and _number(row.get(p)) is not None
         ]
         if not points:
@@ -118,7 +125,41 @@ def _eval_accuracy(ax: Axes, train: Rows, evals: Rows, sft: Rows) -> bool:
         drew = True
     if drew:
         ax.set_ylim(-0.03, 1.03)
+        if trained is not base and base:
+            ax.text(0.02, 0.95, "x: base model", transform=ax.transAxes, va="top", fontsize=8)
     return drew
+
+
+CATEGORY_AXIS = "eval set"  # a panel whose x axis is categories, not updates
+STAGE_LABELS = {"base": "base", "sft": "after SFT", "rl": "after RL"}
+
+
+def _eval_stages(ax: Axes, train: Rows, evals: Rows, sft: Rows) -> bool:
+    """Per tier, the base model, the model after SFT and after the last RL eval, side by side."""
+    last = {}
+    for row in evals:
+        if row.get("stage") in STAGE_LABELS:
+            last[row["stage"]] = row  # the last row of each stage
+    stages = [stage for stage in STAGE_LABELS if stage in last]
+    tiers = _tiers(evals)
+    if len(stages) < 2 or not tiers:
+        return False
+    width = 0.8 / len(stages)
+    for j, stage in enumerate(stages):
+        row = last[stage]
+        acc = [_number(row.get(f"eval/tier{t}/accuracy")) or 0.0 for t in tiers]
+        low = [_number(row.get(f"eval/tier{t}/accuracy_low")) for t in tiers]
+        high = [_number(row.get(f"eval/tier{t}/accuracy_high")) for t in tiers]
+        yerr = None
+        if all(v is not None for v in low + high):
+            yerr = [[a - lo for a, lo in zip(acc, low)], [hi - a for a, hi in zip(acc, high)]]
+        xs = [i + (j - (len(stages) - 1) / 2) * width for i in range(len(tiers))]
+        label = STAGE_LABELS[stage] + (f" (update {row['step']})" if stage == "rl" else "")
+        ax.bar(xs, acc, width=width, yerr=yerr, capsize=2, label=label, color=f"C{j}")
+    ax.set_xticks(range(len(tiers)), [f"tier {t}" for t in tiers])
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(CATEGORY_AXIS, fontsize=8)
+    return True
 
 
 def _lines(*keys_labels: tuple[str, str]) -> Callable[[Axes, Rows, Rows, Rows], bool]:
@@ -160,6 +201,16 @@ def _sft(ax: Axes, train: Rows, evals: Rows, sft: Rows) -> bool:
     return True
 
 
+def _sft_lines(key: str, label: str) -> Callable[[Axes, Rows, Rows, Rows], bool]:
+    def draw(ax: Axes, train: Rows, evals: Rows, sft: Rows) -> bool:
+        if not _plot(ax, sft, key, label, x_key=SFT_STEP_KEY):
+            return False
+        ax.set_xlabel("SFT step", fontsize=8)
+        return True
+
+    return draw
+
+
 # (title, drawer). Titles are the panels' identities: tests and users refer to them.
 PANELS: list[tuple[str, Callable[[Axes, Rows, Rows, Rows], bool]]] = [
     ("reward (mean ± std)", _reward),
@@ -167,6 +218,7 @@ PANELS: list[tuple[str, Callable[[Axes, Rows, Rows, Rows], bool]]] = [
     ("format compliance", _fractions("reward/format_compliance")),
     ("zero-variance groups", _fractions("groups/zero_variance_fraction")),
     ("eval accuracy (95% Wilson)", _eval_accuracy),
+    ("eval by stage", _eval_stages),
     ("grad norm", _lines(("grad/norm", "grad norm"))),
     ("policy loss", _lines(("loss/policy", "loss"))),
     (
@@ -182,6 +234,7 @@ PANELS: list[tuple[str, Callable[[Axes, Rows, Rows, Rows], bool]]] = [
     ("engine throughput (tok/s)", _lines(("engine/tokens_per_s", "tok/s"))),
     ("learning rate", _lines(("lr", "lr"))),
     ("SFT loss", _sft),
+    ("SFT throughput (tok/s)", _sft_lines("sft/tokens_per_s", "tok/s")),
 ]
 
 
@@ -218,6 +271,9 @@ def build_figure(rows: Rows, title: str | None = None) -> Figure:
         ax.set_title(name, fontsize=10)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+        if ax.get_xlabel() == CATEGORY_AXIS:
+            ax.legend(fontsize=7, loc="best")
+            continue
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if not ax.get_xlabel():
             ax.set_xlabel("update", fontsize=8)

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from picorl.models.fetch import atomic_directory, cache_root, fetch_model_file
+from picorl.models.npm_tokenizer import QWEN3_TOKENIZER, npm_tokenizer_dir
 from picorl.models.registry import (
     BUILTIN_MODELS,
     SMOLLM2_135M,
@@ -57,7 +58,10 @@ def load_model_and_tokenizer(
     elif source.kind == "tiny":
         entry = BUILTIN_MODELS[source.target]
         assert isinstance(entry, TinyModel)
-        tokenizer_dir = builtin_tokenizer_dir(TINY_TOKENIZER_SOURCE)
+        if entry.tokenizer == "qwen3":
+            tokenizer_dir = npm_tokenizer_dir(QWEN3_TOKENIZER)
+        else:
+            tokenizer_dir = builtin_tokenizer_dir(TINY_TOKENIZER_SOURCE)
         tokenizer = finish_tokenizer(AutoTokenizer.from_pretrained(tokenizer_dir), name_or_path)
         model = build_tiny_model(entry, tokenizer, torch_dtype)
     elif source.kind == "gguf":

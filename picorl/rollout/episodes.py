@@ -50,23 +50,28 @@ class Episode:
         return "\n".join(m["content"] for m in self.messages if m["role"] == "assistant")
 
 
-def render_prompt(tokenizer, messages: list[Message]) -> list[int]:
-    """Chat-template ``messages`` and append the assistant header, as token ids."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def render_prompt(tokenizer, messages: list[Message], **template_kwargs: Any) -> list[int]:
+    """Chat-template ``messages`` and append the assistant header, as token ids. ``template_kwargs``
+    reach the template (an env's ``chat_template_kwargs``, e.g. ``enable_thinking``)."""
+    text = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False, **template_kwargs
+    )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _continuation_ids(tokenizer, episode: Episode, next_message: Message) -> list[int]:
+def _continuation_ids(
+    tokenizer, episode: Episode, next_message: Message, template_kwargs: dict[str, Any]
+) -> list[int]:
     """Tokens between the last sampled token and the next generation: what the template puts after
     the assistant's end-of-turn token (e.g. a newline), the new message and the assistant header.
     Taken as the difference between the templated conversation and the decoded tokens so far, so
     the ids the engine sampled stay untouched."""
     so_far = tokenizer.decode(episode.prompt_ids + episode.completion_ids, skip_special_tokens=False)
     after = tokenizer.apply_chat_template(
-        episode.messages + [next_message], add_generation_prompt=True, tokenize=False
+        episode.messages + [next_message], add_generation_prompt=True, tokenize=False, **template_kwargs
     )
     if not after.startswith(so_far):
-        before = tokenizer.apply_chat_template(episode.messages, tokenize=False)
+        before = tokenizer.apply_chat_template(episode.messages, tokenize=False, **template_kwargs)
         if not after.startswith(before):
             raise ValueError(
                 "the chat template re-renders earlier turns differently; multi-turn needs a stable one"
@@ -108,7 +113,7 @@ def run_episodes(
         messages = envs[g * k].reset(seed)
         for j in range(1, k):
             envs[g * k + j].reset(seed)
-        prompt = render_prompt(tokenizer, messages)
+        prompt = render_prompt(tokenizer, messages, **envs[g * k].chat_template_kwargs)
         prompts.append(prompt)
         episodes += [Episode(g, seed, prompt, messages=list(messages)) for _ in range(k)]
 
@@ -126,7 +131,7 @@ def run_episodes(
             episode.info = result.info
             if result.done or result.next_message is None or episode.num_turns >= env.max_turns:
                 continue
-            cont = _continuation_ids(tokenizer, episode, result.next_message)
+            cont = _continuation_ids(tokenizer, episode, result.next_message, env.chat_template_kwargs)
             episode.messages.append(result.next_message)
             episode.completion_ids += cont
             episode.action_mask += [False] * len(cont)

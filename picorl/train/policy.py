@@ -20,7 +20,11 @@ def make_policy(model, config: ModelConfig):
     the rollout engine calls, so the sampled policy is exactly the trained one (no bf16 merge drift).
     """
     if config.full_finetune:
+        if config.init_adapter:
+            raise ValueError("init_adapter starts from a LoRA adapter; drop it or drop full_finetune")
         model.requires_grad_(True)
+    elif config.init_adapter:
+        model = load_trainable_adapter(model, config.init_adapter)
     else:
         targets = config.lora_target_modules
         target_modules = (
@@ -45,6 +49,17 @@ def make_policy(model, config: ModelConfig):
             model.enable_input_require_grads()
     model.config.use_cache = False
     return model
+
+
+def load_trainable_adapter(model, path: str):
+    """``model`` with the PEFT adapter saved at ``path`` attached, its weights trainable."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise ValueError(f"init_adapter {path} is not a saved adapter folder (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, path, is_trainable=True)
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

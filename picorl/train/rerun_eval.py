@@ -22,7 +22,7 @@ from picorl.models import load_model_and_tokenizer
 from picorl.models.adapter import load_adapter
 from picorl.report.data import RERUN_METRICS_FILE, RERUN_SAMPLES_FILE
 from picorl.rollout.episodes import sample_row
-from picorl.runtime import make_engine, pick_device
+from picorl.runtime import env_factory, make_engine, pick_device
 from picorl.train.checkpoint import STATE_FILE
 
 STAGE = "rerun"
@@ -66,9 +66,9 @@ def rerun_eval(
     engine = make_engine(config, model, tokenizer, device)
     t0 = time.perf_counter()
     metrics, episodes = evaluate(
-        engine, tokenizer, env_name=config.env.env, tiers=config.eval.eval_tiers,
+        engine, tokenizer, lambda tier: env_factory(config, [tier])(), tiers=config.eval.eval_tiers,
         num_tasks=config.eval.eval_num_tasks, eval_seed=config.eval.eval_seed,
-        max_tokens=config.eval.eval_max_tokens, reward_mode=config.env.reward_mode,
+        max_tokens=config.eval.eval_max_tokens,
     )  # fmt: skip
     metrics["time/eval_s"] = time.perf_counter() - t0
     step = saved_update(run_dir, adapter)

@@ -1,25 +1,53 @@
-"""Supervised warm-up on synthetic demonstrations from the environment, before RL.
+"""Supervised fine-tuning on demonstrations the environment writes, before RL.
 
-The environment writes the demonstrations (for letter counting: spell the string out, state each
-count, then the answer block), so the model learns the format and a counting procedure that RL can
-then sharpen; RL alone cannot invent a procedure the model never uses (footgun 8).
+RL alone cannot invent a procedure the model never uses (footgun 8 of the war journal), so SFT
+teaches one first: the environment writes a worked answer for any task seed (for letter counting, a
+trace in the chosen reasoning format, ``picorl.envs.traces``), and the model is trained on the reply's
+tokens only, never the prompt's. Demonstrations are free, so every step draws fresh ones: step ``s``
+uses the task seeds ``SFT_SEEDS_START + s * batch_size + i``, which also makes a resumed SFT see exactly
+the batches an uninterrupted one would.
+
+Padding: the demonstrations of ``BUCKET_STEPS`` consecutive steps are drawn together, sorted by length
+and cut into that many batches (then shuffled), so a batch holds demonstrations of similar length.
+On tiers 6-8 lengths range from ~300 to ~1,500 tokens, and random batches were ~45% padding.
+
+Tier curriculum (``curriculum=True``): the tiers are unlocked in the order given, evenly over the first
+half of the steps, and each demonstration's tier is drawn uniformly from the unlocked ones.
+
+Learning rate: linear warm-up over the first 5% of the steps, then a cosine decay to 10% of ``lr``.
 """
 
 from __future__ import annotations
 
+import math
+import random
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from picorl.rollout.episodes import render_prompt
+from picorl.runtime import SFT_SEEDS_START
 from picorl.train.logprobs import chosen_token_logprobs
 from picorl.train.policy import trainable_parameters
 
+BUCKET_STEPS = 16  # steps whose demonstrations are length-sorted together
 
-def demonstration_tokens(tokenizer, chat: list[dict[str, str]]) -> tuple[list[int], int]:
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A tokenized demonstration: the full chat's ids and where the assistant's reply starts."""
+
+    ids: list[int]
+    reply_start: int
+    tier: int
+
+
+def demonstration_tokens(tokenizer, chat: list[dict[str, str]], **template_kwargs) -> tuple[list[int], int]:
     """Token ids of a chat whose last message is the assistant's, and where that reply starts."""
-    prompt = render_prompt(tokenizer, chat[:-1])
-    full_text = tokenizer.apply_chat_template(chat, tokenize=False)
+    prompt = render_prompt(tokenizer, chat[:-1], **template_kwargs)
+    full_text = tokenizer.apply_chat_template(chat, tokenize=False, **template_kwargs)
     full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     if full[: len(prompt)] != prompt:
         raise ValueError("the chat template renders the prompt differently with and without the reply")
@@ -27,6 +55,7 @@ def demonstration_tokens(tokenizer, chat: list[dict[str, str]]) -> tuple[list[in
 
 
 def sft_batch(examples: list[tuple[list[int], int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """Right-padded ``input_ids``, ``attention_mask`` and the mask of reply tokens (the targets)."""
     length = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
@@ -38,43 +67,127 @@ def sft_batch(examples: list[tuple[list[int], int]], pad_id: int, device) -> tup
     return input_ids.to(device), attention.to(device), targets.to(device)
 
 
+def unlocked_tiers(tiers: list[int], step: int, steps: int, curriculum: bool) -> list[int]:
+    """The tiers SFT step ``step`` (0-based) of ``steps`` draws from: all of them without a curriculum,
+    else the first ``1 + floor(2 * len(tiers) * step / steps)`` (all from the half-way step on)."""
+    if not curriculum or steps <= 0:
+        return list(tiers)
+    return list(tiers[: min(len(tiers), 1 + (2 * len(tiers) * step) // steps)])
+
+
+def sft_lr_factor(step: int, steps: int) -> float:
+    """Multiplier of the SFT learning rate at 0-based ``step``: warm-up, then cosine to 0.1."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class DemonstrationStream:
+    """The batches of SFT steps, a pure function of the step: fresh demonstrations, length-bucketed.
+
+    ``demonstrate(tier, seed)`` returns a tokenized chat (ids, reply start) for the task of ``seed`` at
+    ``tier``.
+    """
+
+    def __init__(
+        self,
+        demonstrate: Callable[[int, int], tuple[list[int], int]],
+        tiers: list[int],
+        *,
+        steps: int,
+        batch_size: int,
+        curriculum: bool,
+    ) -> None:
+        if not tiers:
+            raise ValueError("SFT needs at least one tier to draw demonstrations from")
+        self.demonstrate = demonstrate
+        self.tiers = list(tiers)
+        self.steps = steps
+        self.batch_size = batch_size
+        self.curriculum = curriculum
+        self._bucket: tuple[int, list[list[Demonstration]]] | None = None
+
+    def _example(self, step: int, i: int) -> Demonstration:
+        seed = SFT_SEEDS_START + step * self.batch_size + i
+        tier = random.Random(seed).choice(unlocked_tiers(self.tiers, step, self.steps, self.curriculum))
+        ids, start = self.demonstrate(tier, seed)
+        return Demonstration(ids, start, tier)
+
+    def batch(self, step: int) -> list[Demonstration]:
+        """The demonstrations of 0-based SFT step ``step``."""
+        first = step - step % BUCKET_STEPS
+        if self._bucket is None or self._bucket[0] != first:
+            members = range(first, min(first + BUCKET_STEPS, max(self.steps, step + 1)))
+            pool = [self._example(s, i) for s in members for i in range(self.batch_size)]
+            pool.sort(key=lambda d: len(d.ids))
+            batches = [pool[j : j + self.batch_size] for j in range(0, len(pool), self.batch_size)]
+            random.Random(SFT_SEEDS_START + first).shuffle(batches)
+            self._bucket = (first, batches)
+        return self._bucket[1][step - first]
+
+
 def run_sft(
     model,
     tokenizer,
-    chats: list[list[dict[str, str]]],
+    stream: DemonstrationStream,
     *,
-    steps: int,
-    batch_size: int,
     lr: float,
     device,
-    log,
+    log: Callable[[int, dict[str, float]], None],
+    micro_batch_tokens: int = 16_384,
     start_step: int = 0,
     optimizer_state: dict | None = None,
     after_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
 ) -> float:
-    """Train on the assistant tokens of ``chats`` (cycled) for ``steps`` steps; ``log(step, loss)`` each
-    step. Returns the last loss.
+    """Train on the reply tokens of ``stream``'s batches for its steps; ``log(step, metrics)`` after
+    each (1-based step; ``sft/loss``, ``sft/tokens_per_s``, ``sft/lr``, ``sft/pad_fraction``,
+    ``sft/mean_tier``). A batch larger than ``micro_batch_tokens`` (padded) is split into micro-batches
+    whose gradients add up to the batch's. Returns the last loss.
 
-    Resuming: ``start_step`` steps already done and the optimizer's ``optimizer_state`` then; the batch of
-    a step depends on its number only, so a resumed SFT trains on what an uninterrupted one would.
+    Resuming: ``start_step`` steps already done and the optimizer's ``optimizer_state`` then; a step's
+    batch depends on its number only, so a resumed SFT trains on what an uninterrupted one would.
     ``after_step(step, optimizer)`` runs after each step (the trainer's checkpoints and Ctrl-C)."""
-    examples = [demonstration_tokens(tokenizer, chat) for chat in chats]
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=0.0)
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     model.train()
     loss_value = float("nan")
-    for step in range(start_step, steps):
-        chosen = [examples[(step * batch_size + i) % len(examples)] for i in range(batch_size)]
-        input_ids, attention, targets = sft_batch(chosen, tokenizer.pad_token_id, device)
-        logprobs = chosen_token_logprobs(model, input_ids, attention, targets)
-        loss = -(logprobs * targets).sum() / targets.sum()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable_parameters(model), 1.0)
+    for step in range(start_step, stream.steps):
+        t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr * sft_lr_factor(step, stream.steps)
+        batch = stream.batch(step)
+        targets_total = sum(len(d.ids) - d.reply_start for d in batch)
+        longest = max(len(d.ids) for d in batch)
+        per_micro = max(1, micro_batch_tokens // longest)
+        loss_sum = 0.0
+        for j in range(0, len(batch), per_micro):
+            chunk = batch[j : j + per_micro]
+            input_ids, attention, targets = sft_batch(
+                [(d.ids, d.reply_start) for d in chunk], tokenizer.pad_token_id, device
+            )
+            logprobs = chosen_token_logprobs(model, input_ids, attention, targets)
+            loss = -(logprobs * targets).sum() / targets_total  # token mean over the whole batch
+            loss.backward()
+            loss_sum += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
-        log(step + 1, loss_value)
+        loss_value = loss_sum
+        tokens = sum(len(d.ids) for d in batch)
+        log(
+            step + 1,
+            {
+                "sft/loss": loss_value,
+                "sft/lr": optimizer.param_groups[0]["lr"],
+                "sft/tokens_per_s": tokens / (time.perf_counter() - t0),
+                "sft/pad_fraction": 1 - tokens / (longest * len(batch)),
+                "sft/mean_tier": sum(d.tier for d in batch) / len(batch),
+            },
+        )
         if after_step is not None:
             after_step(step + 1, optimizer)
     return loss_value

@@ -1,7 +1,10 @@
-"""A training run, top to bottom: set up, warm up (SFT), evaluate, then update / evaluate / save.
+"""A training run, top to bottom: set up, evaluate the base model, SFT, evaluate, then update /
+evaluate / save.
 
 Step 0 is the model before any RL update; step N is the model after N updates. Train, eval and
-checkpoint rows all use that one counter (SFT rows carry their own ``sft/step``).
+checkpoint rows all use that one counter (SFT rows carry their own ``sft/step``). Eval rows say their
+``stage``: ``base`` (before anything), ``sft`` (after SFT; both at step 0) or ``rl``. Every eval episode
+is written to ``eval_samples.jsonl``.
 
 Everything that can be refused (the settings, the run folder, a resume's checkpoint and base model)
 is checked before the first write (``picorl.train.resume``). Checkpoints are written every
@@ -12,25 +15,20 @@ repeats them), at the end, and on Ctrl-C at the next safe point (``picorl.train.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from picorl.algos.value_head import ValueHead, value_head_param_group
 from picorl.config import Config, resolve_auto, to_dict
-from picorl.engine.types import SamplingParams
-from picorl.envs.base import Env
-from picorl.envs.registry import make_env
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import UpdateProgress, format_sft_line
-from picorl.logging.metrics import MetricsLogger, log_sizes
+from picorl.logging.metrics import MetricsLogger, log_sizes, read_jsonl
 from picorl.models import load_model_and_tokenizer
 from picorl.models.identity import base_model_record
 from picorl.report.page import refresh_report
-from picorl.rollout.episodes import run_episodes, sample_row
-from picorl.runtime import make_engine, pick_device, seed_everything, sft_task_seeds
+from picorl.rollout.episodes import sample_row
+from picorl.runtime import env_factory, make_engine, pick_device, seed_everything
 from picorl.train.checkpoint import (
     restore_optimizer,
     restore_weights,
@@ -38,10 +36,11 @@ from picorl.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from picorl.train.curriculum import curriculum_tier
 from picorl.train.interrupt import Interrupted, StopRequest
 from picorl.train.policy import make_policy, trainable_parameters
 from picorl.train.resume import RunPlan, check_base, open_run, plan_run
-from picorl.train.sft import run_sft
+from picorl.train.sft import DemonstrationStream, demonstration_tokens, run_sft
 from picorl.train.update import UpdateContext, rl_update
 from picorl.units import GIB
 
@@ -103,20 +102,21 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
         )  # fmt: skip
         engine = make_engine(config, model, tokenizer, device)
         ctx = UpdateContext(
-            config=config, model=model, tokenizer=tokenizer, engine=engine, make_env=train_env_factory(config),
+            config=config, model=model, tokenizer=tokenizer, engine=engine, make_env=env_factory(config),
             optimizer=optimizer, lr_scheduler=lr_scheduler, device=device, value_head=value_head,
         )  # fmt: skip
 
-        def run_eval(step: int) -> None:
+        def run_eval(step: int, stage: str) -> None:
             t0 = time.perf_counter()
             metrics, episodes = evaluate(
-                engine, tokenizer, env_name=config.env.env, tiers=config.eval.eval_tiers,
+                engine, tokenizer, lambda tier: env_factory(config, [tier])(), tiers=config.eval.eval_tiers,
                 num_tasks=config.eval.eval_num_tasks, eval_seed=config.eval.eval_seed,
-                max_tokens=config.eval.eval_max_tokens, reward_mode=config.env.reward_mode,
+                max_tokens=config.eval.eval_max_tokens,
             )  # fmt: skip
             metrics["time/eval_s"] = time.perf_counter() - t0
+            metrics["stage"] = stage
             logger.log(step, metrics, kind="eval")
-            logger.log_samples([sample_row(step, e, kind="eval") for e in episodes[:16]])
+            logger.log_eval_samples([eval_sample_row(step, stage, e) for e in episodes])
             progress.eval(step, metrics)
 
         def save(step: int, **sft_state) -> None:
@@ -143,20 +143,35 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
                 raise Interrupted(f"stopped after SFT step {sft_step}; {_last_checkpoint(plan)}")
 
         if checkpoint is None or checkpoint.state.get("phase") == "sft":
+            if checkpoint is None:  # a checkpoint taken during SFT comes after the base eval
+                run_eval(0, "base")
             if config.sft.sft_steps:
                 resumed = checkpoint.state if checkpoint is not None else {}
-                sft_warm_up(config, ctx, logger, progress, start_step=resumed.get("sft_step", 0),
-                        optimizer_state=resumed.get("sft_optimizer"), after_step=sft_step_done)  # fmt: skip
-            run_eval(0)
+                supervised_stage(config, ctx, logger, progress, start_step=resumed.get("sft_step", 0),
+                                 optimizer_state=resumed.get("sft_optimizer"), after_step=sft_step_done)  # fmt: skip
+                if not config.model.full_finetune:  # RL variants can start from it (init_adapter)
+                    save_adapter(model, tokenizer, run_dir / "sft_adapter", base)
+                run_eval(0, "sft")
             save(0)  # SFT and the step-0 eval are never repeated by a resume
             if stop.requested:
                 raise Interrupted(f"stopped after the step-0 eval; {_last_checkpoint(plan)}")
             if total == 0:
                 refresh_report(run_dir, warn=progress.print)
         last_plot = time.monotonic()  # plotting takes seconds: on a GPU that is as long as an update
+        curriculum = config.env.curriculum_threshold is not None
+        history = curriculum_history(run_dir, start) if curriculum else []
         for update in range(start, total):
             step = update + 1
+            if curriculum:
+                tier = curriculum_tier(
+                    history, config.env.train_difficulty, config.env.curriculum_threshold,
+                    config.env.curriculum_window,
+                )  # fmt: skip
+                ctx.make_env = env_factory(config, [tier])
             metrics, episodes = rl_update(ctx, update)
+            if curriculum:
+                metrics["curriculum/tier"] = tier
+                history.append((tier, metrics["reward/exact_fraction"]))
             if update == start and device.type == "cuda":
                 kv_bytes = engine.fit_kv_cache(torch.cuda.max_memory_allocated(device))
                 if kv_bytes is not None:
@@ -171,7 +186,7 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
             evaluated = step == total or bool(config.eval.eval_every and step % config.eval.eval_every == 0)
             saved = step == total or bool(config.run.save_every and step % config.run.save_every == 0)
             if evaluated:
-                run_eval(step)
+                run_eval(step, "rl")
             if saved or stop.requested:
                 save(step)
             if evaluated or saved or time.monotonic() - last_plot >= config.run.plot_interval_s:
@@ -195,45 +210,63 @@ def _last_checkpoint(plan: RunPlan) -> str:
     return f"checkpoint at {saved} in {plan.run_dir / 'checkpoint'}; continue with `{command}`"
 
 
-def sft_warm_up(
+def supervised_stage(
     config: Config, ctx: UpdateContext, logger: MetricsLogger, progress: UpdateProgress, **resume
 ) -> None:
-    """SFT on the environment's demonstrations, then a greedy check of format and reward. ``resume``:
+    """SFT on fresh demonstrations of the env's reasoning format (``picorl.train.sft``). ``resume``:
     ``start_step``, ``optimizer_state`` and ``after_step`` of :func:`picorl.train.sft.run_sft`."""
     sft = config.sft
-    env = ctx.make_env()
-    chats = [env.demonstration(seed) for seed in sft_task_seeds(sft.sft_num_examples)]
+    envs = {tier: env_factory(config, [tier])() for tier in sft.sft_tiers}
 
-    def log(step: int, loss: float) -> None:
-        logger.log_sft(step, {"sft/loss": loss})
+    def demonstrate(tier: int, seed: int) -> tuple[list[int], int]:
+        env = envs[tier]
+        return demonstration_tokens(ctx.tokenizer, env.demonstration(seed), **env.chat_template_kwargs)
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        logger.log_sft(step, metrics)
         if step == 1 or step % 10 == 0 or step == sft.sft_steps:
-            progress.print(format_sft_line(step, sft.sft_steps, {"sft/loss": loss}))
+            progress.print(format_sft_line(step, sft.sft_steps, metrics))
 
+    stream = DemonstrationStream(
+        demonstrate, sft.sft_tiers, steps=sft.sft_steps, batch_size=sft.sft_batch_size,
+        curriculum=sft.sft_curriculum,
+    )  # fmt: skip
     t0 = time.perf_counter()
     final = run_sft(
-        ctx.model, ctx.tokenizer, chats, steps=sft.sft_steps, batch_size=sft.sft_batch_size, lr=sft.sft_lr,
-        device=ctx.device, log=log, **resume,
+        ctx.model, ctx.tokenizer, stream, lr=sft.sft_lr, device=ctx.device, log=log,
+        micro_batch_tokens=sft.sft_micro_batch_tokens, **resume,
     )  # fmt: skip
-    params = SamplingParams(max_tokens=config.rollout.max_tokens, temperature=0.0)
-    seeds = sft_task_seeds(32, offset=10**6)
-    episodes = run_episodes(ctx.make_env, seeds, ctx.engine, ctx.tokenizer, params)
-    post = {
-        "sft/final_loss": final,
-        "sft/post_format_compliance": sum(bool(e.info.get("format_ok")) for e in episodes) / len(episodes),
-        "sft/post_mean_reward": sum(e.reward for e in episodes) / len(episodes),
-        "time/sft_s": time.perf_counter() - t0,
+    seconds = time.perf_counter() - t0
+    logger.log_sft(sft.sft_steps, {"sft/final_loss": final, "time/sft_s": seconds})
+    progress.print(f"SFT: {sft.sft_steps} steps in {seconds:.0f} s, final loss {final:.3f}")
+
+
+def curriculum_history(run_dir: Path, start: int) -> list[tuple[int, float]]:
+    """(tier, exact fraction) of the train rows up to update ``start``, for a resumed curriculum."""
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return [
+        (int(r["curriculum/tier"]), float(r["reward/exact_fraction"]))
+        for r in rows
+        if r.get("kind") == "train" and r.get("step", 0) <= start and "curriculum/tier" in r
+    ]
+
+
+def eval_sample_row(step: int, stage: str, episode) -> dict:
+    """One eval episode in full, so any eval number can be re-scored from ``eval_samples.jsonl``."""
+    return {
+        "step": step,
+        "stage": stage,
+        "tier": episode.info.get("tier"),
+        "task_seed": episode.task_seed,
+        "prompt": episode.messages[: len(episode.messages) - episode.num_turns],
+        "completion": episode.completion_text,
+        "reward": episode.reward,
+        "correct": bool(episode.info.get("correct")),
+        "expected": episode.info.get("expected"),
+        "parsed": episode.info.get("parsed"),
+        "completion_tokens": episode.num_generated,
+        "finish_reason": episode.finish_reason,
     }
-    logger.log_sft(sft.sft_steps, post)
-    progress.print(
-        f"SFT warm-up: {sft.sft_steps} steps, final loss {final:.3f}; greedy on 32 tasks: format "
-        f"{post['sft/post_format_compliance']:.2f}, reward {post['sft/post_mean_reward']:.3f}"
-    )
-
-
-def train_env_factory(config: Config) -> Callable[[], Env]:
-    """Fresh training environments, as ``config.env`` says."""
-    env = config.env
-    return partial(make_env, env.env, difficulty=env.train_difficulty, reward_mode=env.reward_mode)
 
 
 def make_value_head(model, config: Config, device):

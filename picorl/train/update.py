@@ -32,7 +32,7 @@ class UpdateContext:
     model: torch.nn.Module
     tokenizer: object
     engine: RolloutEngine
-    make_env: Callable[[], Env]  # fresh training environments (``trainer.train_env_factory``)
+    make_env: Callable[[], Env]  # fresh training environments (``runtime.env_factory``)
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
@@ -259,4 +259,5 @@ def rollout_metrics(episodes, rewards, group_ids, advantages, include) -> dict[s
         "advantage/mean": float(advantages.mean()),
         "tokens/completion_mean": sum(e.num_generated for e in episodes) / n,
         "tokens/truncated_fraction": sum(e.truncated for e in episodes) / n,
+        "reasoning/chars_mean": sum(e.info.get("reasoning_chars", 0) for e in episodes) / n,
     }

@@ -30,7 +30,16 @@ def test_train_writes_every_artifact(in_tmp):
     train = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in train] == [1, 2, 3]
-    assert [r["step"] for r in evals] == [0, 3], "eval before training and at the end"
+    assert [r["step"] for r in evals] == [0, 0, 3], "eval before anything, after SFT and at the end"
+    assert [r["stage"] for r in evals] == ["base", "sft", "rl"]
+    eval_samples = read_jsonl(run / "eval_samples.jsonl")
+    assert len(eval_samples) == 3 * 2 * 3, "every eval episode: 3 evals x 2 tiers x 3 tasks"
+    assert [(r["stage"], r["tier"]) for r in eval_samples[:6]] == [("base", 1)] * 3 + [("base", 2)] * 3
+    for row in eval_samples:
+        for key in ("prompt", "completion", "reward", "correct", "tier", "task_seed", "expected"):
+            assert key in row, key
+    accuracy = sum(r["correct"] for r in eval_samples if r["stage"] == "rl" and r["tier"] == 1) / 3
+    assert evals[2]["eval/tier1/accuracy"] == accuracy, "eval_samples.jsonl re-scores to the metric"
     assert any(r["kind"] == "sft" and "sft/loss" in r for r in rows)
     for key in (
         "reward/mean", "reward/std", "reward/exact_fraction", "reward/format_compliance",
@@ -88,3 +97,17 @@ def test_eval_command_on_saved_adapter(in_tmp, capsys):
     assert out["eval/tier1/n"] == 3 and 0 <= out["eval/tier1/accuracy"] <= 1
     assert main(["eval", "--model", "tiny-qwen3", "--adapter", "runs/nope"]) == 2
     assert "adapter folder runs/nope does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_cpu_default_runs_end_to_end_on_a_tiny_model(in_tmp):
+    """`picorl train` with every size at its CPU default (only the model swapped for a tiny one)."""
+    assert main(["train", "--model", "tiny-qwen3", "--name", "cpu-default", "--device", "cpu"]) == 0
+    run = in_tmp / "runs" / "cpu-default"
+    rows = read_jsonl(run / "metrics.jsonl")
+    config = (run / "config.toml").read_text()
+    assert 'cot = "scan"' in config and "sft_steps = 12" in config and "num_updates = 10" in config
+    assert [r["stage"] for r in rows if r["kind"] == "eval"] == ["base", "sft", "rl"]
+    assert len([r for r in rows if r["kind"] == "train"]) == 10
+    assert len(read_jsonl(run / "eval_samples.jsonl")) == 3 * 2 * 24  # 3 evals, tiers 1-2, 24 tasks
+    assert (run / "training_curves.png").stat().st_size > 0

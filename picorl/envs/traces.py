@@ -1,0 +1,107 @@
+"""Reasoning formats ("traces") for letter counting: how an SFT demonstration works a task out.
+
+Only the ``<answer>`` block is ever scored, so any reasoning is legal for the policy; a format only
+decides what the supervised demonstrations teach. The formats, on the task "count r and s in
+``strawberry``" (the answer block follows each trace):
+
+``spell`` (the seed's): spell the whole string, then state each count::
+
+    Let me spell out "strawberry" letter by letter:
+    s, t, r, a, w, b, e, r, r, y
+
+    Counting each letter:
+    "r" appears 3 times
+    "s" appears 1 time
+
+``scan``: one character per line, each asked letter followed by its running count, so a count is
+never more than one addition away from a line the model has just written::
+
+    Counting r, s one character at a time:
+    s=1
+    t
+    r=1
+    a
+    ...
+    y
+
+``window``: ``scan`` plus, before every block of 8 characters, that block copied from the string
+(``[strawber]``), so the per-character lines copy from a short local window and a slip in the long
+copy cannot carry over into the next block::
+
+    Counting r, s one character at a time:
+    [strawber]
+    s=1
+    t
+    ...
+    [ry]
+    r=3
+    y
+
+Why ``scan``: the seed's ``spell`` makes the model hold every count in its head at the end (for
+tier 6, ten counts over 40-80 letters at once); a 135M model copies letters well but cannot count a
+letter over a long list in one step. ``scan`` turns counting into one increment per line.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+CotFormat = Literal["spell", "scan", "window"]
+COT_FORMATS: tuple[str, ...] = ("spell", "scan", "window")
+WINDOW = 8  # characters per copied block in the ``window`` format
+
+
+class LetterTask(Protocol):
+    """What a trace reads of a task (``picorl.envs.letter_counting.LetterTask`` is one); a protocol
+    here, so this module needs nothing from the environment that uses it."""
+
+    text: str
+    letters: tuple[str, ...]
+    counts: tuple[int, ...]
+
+
+def _times(n: int) -> str:
+    return "1 time" if n == 1 else f"{n} times"
+
+
+def spell_trace(task: LetterTask) -> str:
+    lines = [f'Let me spell out "{task.text}" letter by letter:', ", ".join(task.text), ""]
+    if len(task.letters) == 1:
+        lines.append(f'The letter "{task.letters[0]}" appears {_times(task.counts[0])}.')
+    else:
+        lines.append("Counting each letter:")
+        lines += [f'"{c}" appears {_times(n)}' for c, n in zip(task.letters, task.counts)]
+    return "\n".join(lines)
+
+
+def _scan_lines(task: LetterTask, window: int | None) -> list[str]:
+    asked = set(task.letters)
+    running = dict.fromkeys(task.letters, 0)
+    lines = [f"Counting {', '.join(task.letters)} one character at a time:"]
+    for i, c in enumerate(task.text):
+        if window and i % window == 0:
+            lines.append(f"[{task.text[i : i + window]}]")
+        if c in asked:
+            running[c] += 1
+            lines.append(f"{c}={running[c]}")
+        else:
+            lines.append(c)
+    return lines
+
+
+def scan_trace(task: LetterTask) -> str:
+    return "\n".join(_scan_lines(task, window=None))
+
+
+def window_trace(task: LetterTask) -> str:
+    return "\n".join(_scan_lines(task, window=WINDOW))
+
+
+_TRACES = {"spell": spell_trace, "scan": scan_trace, "window": window_trace}
+
+
+def trace(task: LetterTask, cot: CotFormat) -> str:
+    """The reasoning of format ``cot`` for ``task`` (without the answer block)."""
+    if cot not in _TRACES:
+        raise ValueError(f"unknown reasoning format {cot!r}; use one of {', '.join(COT_FORMATS)}")
+    return _TRACES[cot](task)

@@ -1,0 +1,59 @@
+import random
+
+import pytest
+
+from picorl.envs.letter_counting import LetterCounting, LetterTask, make_task, reasoning_chars
+from picorl.envs.traces import COT_FORMATS, WINDOW, trace
+
+
+@pytest.mark.parametrize("cot", COT_FORMATS)
+@pytest.mark.parametrize("thinking", [False, True])
+@pytest.mark.parametrize("tier", range(1, 11))
+def test_every_format_demonstration_scores_one(cot, thinking, tier):
+    env = LetterCounting(tier, reward_mode="binary", cot=cot, thinking=thinking)
+    for seed in random.Random(tier).sample(range(10**9), 5):
+        reply = env.demonstration(seed)[-1]["content"]
+        env.reset(seed)
+        result = env.step(reply)
+        assert result.reward == 1.0 and result.info["correct"], (cot, tier, reply[-200:])
+        assert ("<think>" in reply) == thinking
+
+
+def test_scan_keeps_a_running_count_of_asked_letters_only():
+    task = LetterTask("strawberry", ("r", "s"), (3, 1), 2)
+    lines = trace(task, "scan").splitlines()
+    assert lines[0] == "Counting r, s one character at a time:"
+    assert lines[1:] == ["s=1", "t", "r=1", "a", "w", "b", "e", "r=2", "r=3", "y"]
+
+
+def test_window_copies_each_block_before_its_characters():
+    task = make_task(7, random.Random(3))
+    lines = trace(task, "window").splitlines()[1:]
+    blocks = [line[1:-1] for line in lines if line.startswith("[")]
+    assert "".join(blocks) == task.text and all(len(b) == WINDOW for b in blocks[:-1])
+    chars = [line[0] for line in lines if not line.startswith("[")]
+    assert "".join(chars) == task.text
+
+
+def test_spell_is_the_seed_format():
+    text = trace(LetterTask("strawberry", ("r",), (3,), 1), "spell")
+    assert text.splitlines()[1] == "s, t, r, a, w, b, e, r, r, y"
+    assert text.endswith('The letter "r" appears 3 times.')
+
+
+def test_unknown_format_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown reasoning format 'tally'"):
+        LetterCounting(1, cot="tally")
+
+
+def test_reasoning_length_is_what_comes_before_the_answer():
+    assert reasoning_chars("abc<answer>3</answer>") == 3
+    assert reasoning_chars("<think>\nxy\n</think>\n\n<answer>3</answer>") == len("<think>\nxy\n</think>")
+    assert reasoning_chars("<think>still going") == len("<think>still going")
+    assert reasoning_chars("no answer at all") == len("no answer at all")
+
+
+def test_step_reports_reasoning_length():
+    env = LetterCounting(1)
+    env.reset(5)
+    assert env.step("ab<answer>1</answer>").info["reasoning_chars"] == 2
