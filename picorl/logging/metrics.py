@@ -211,6 +211,8 @@ class MetricsLogger:
         for row in rows:
             self._eval_samples_file.write(json.dumps(row, default=str) + "\n")
         self._eval_samples_file.flush()
+        if self._tensorboard is not None and rows:
+            self._tensorboard.log_eval_samples(int(rows[0].get("step", 0)), rows)
 
     def close(self) -> None:
         self._metrics_file.close()

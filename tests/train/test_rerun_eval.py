@@ -23,7 +23,7 @@ def test_rerun_reproduces_the_runs_final_eval_and_writes_beside_it(tmp_path, mon
     for key in metric_keys:  # greedy, same weights, same fixed sets: the same numbers
         assert row[key] == pytest.approx(final[key]), key
     samples = read_jsonl(run / "rerun_eval_samples.jsonl")
-    logged = [s for s in read_jsonl(run / "samples.jsonl") if s["kind"] == "eval" and s["update"] == 2]
+    logged = [s for s in read_jsonl(run / "eval_samples.jsonl") if s["stage"] == "rl" and s["step"] == 2]
     assert len(samples) == 4 and [s["completion"] for s in samples] == [s["completion"] for s in logged]
     # flags override the run's settings; any saved adapter can be chosen
     assert main(["eval", "--run", str(run), "--eval-num-tasks", "3", "--eval-tiers", "1",
