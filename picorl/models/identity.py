@@ -30,8 +30,10 @@ def base_model_record(model: torch.nn.Module, name: str) -> dict[str, Any]:
     with torch.no_grad():
         for p in params:
             flat = p.detach().reshape(-1)
-            index = torch.linspace(0, flat.numel() - 1, min(per_tensor, flat.numel()), device=flat.device)
-            values += flat[index.round().long()].float().cpu().tolist()
+            # Integer positions: a float32 linspace rounds past the end of tensors over 2**24 elements.
+            count = min(per_tensor, flat.numel())
+            index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(1, count - 1)
+            values += flat[index].float().cpu().tolist()
     return {
         "name": name,
         "num_parameters": sum(p.numel() for p in params),
