@@ -51,7 +51,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 "--" + f.name.replace("_", "-"),
                 dest=f.name,
                 default=argparse.SUPPRESS,
-                help=f"{help} (default: {shown})",
+                # argparse %-formats help strings ("5% warm-up" would crash --help)
+                help=f"{help} (default: {shown})".replace("%", "%%"),
                 **_value_parser(hints[f.name]),
             )
 

@@ -156,3 +156,15 @@ def test_flag_mistakes_cost_two_lines_not_the_usage(capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert message in err and len(err.splitlines()) == 2, err
+
+
+def test_every_subcommand_prints_its_help(capsys):
+    """argparse %-formats help strings: an option documented with a bare "%" once crashed --help."""
+    from picorl.cli import main, make_parser
+
+    commands = make_parser()._subparsers._group_actions[0].choices
+    for command in commands:
+        with pytest.raises(SystemExit) as e:
+            main([command, "--help"])
+        assert e.value.code == 0, command
+        assert "usage: picorl " + command in capsys.readouterr().out
