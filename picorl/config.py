@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from picorl.algos.config import AlgoConfig
+from picorl.envs.traces import COT_FORMATS
 from picorl.options import check, opt, typed_value
 
 
@@ -67,8 +68,9 @@ class EnvConfig:
     cot: str = opt(
         "scan",
         "Reasoning format of the SFT demonstrations (picorl/envs/traces.py): scan (one character per "
-        "line with a running count of each asked letter), window (scan plus a copy of every 8-character "
-        "block) or spell (the seed's: spell the string, then state the counts).",
+        "line with a running count of each asked letter), pieces (scan plus a copy of every multi-letter "
+        "token the tokenizer cut the string into), window (scan plus a copy of every 8-character block) "
+        "or spell (the seed's: spell the string, then state the counts).",
     )
     thinking: bool = opt(
         False,
@@ -99,7 +101,7 @@ class EnvConfig:
             f"reward_mode must be partial|binary, got {self.reward_mode!r}",
         )
         check(
-            self.cot in ("scan", "window", "spell"), f"cot must be scan|window|spell, got {self.cot!r}"
+            self.cot in COT_FORMATS, f"cot must be {'|'.join(COT_FORMATS)}, got {self.cot!r}"
         )
         check(
             self.curriculum_threshold is None or 0 < self.curriculum_threshold <= 1,

@@ -53,10 +53,27 @@ def eval_task_seeds(tier: int, num_tasks: int, eval_seed: int) -> list[int]:
     return [EVAL_SEEDS_START + eval_seed * 1_000_003 + tier * 100_000 + i for i in range(num_tasks)]
 
 
-def env_factory(config: Config, tiers: list[int] | None = None) -> Callable[[], Env]:
-    """Fresh environments as ``config.env`` says, on ``tiers`` (default: the training tiers)."""
+def env_factory(config: Config, tiers: list[int] | None = None, tokenizer=None) -> Callable[[], Env]:
+    """Fresh environments as ``config.env`` says, on ``tiers`` (default: the training tiers).
+    ``tokenizer``: the model's, for demonstrations in the ``pieces`` reasoning format."""
     env = config.env
-    return partial(make_env, env.env, difficulty=tiers or env.train_difficulty, **env.kwargs())
+    extra = {"text_pieces": token_pieces(tokenizer)} if tokenizer is not None and env.cot == "pieces" else {}
+    return partial(make_env, env.env, difficulty=tiers or env.train_difficulty, **env.kwargs(), **extra)
+
+
+def token_pieces(tokenizer) -> Callable[[str], list[str]]:
+    """How ``tokenizer`` cuts a word-like string that follows a space (as the task's string does in
+    its prompt): the text of each token, the first one's space removed. Falls back to single
+    characters where tokens do not decode one by one to the string (byte pieces of non-ASCII text)."""
+
+    def pieces(text: str) -> list[str]:
+        ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+        cut = [tokenizer.decode([i]) for i in ids]
+        cut[0] = cut[0].lstrip(" ")
+        cut = [p for p in cut if p]
+        return cut if "".join(cut) == text else list(text)
+
+    return pieces
 
 
 def make_engine(config: Config, model, tokenizer, device: torch.device) -> RolloutEngine:

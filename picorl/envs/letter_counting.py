@@ -41,7 +41,7 @@ import json
 import operator
 import random
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from picorl.envs.base import Env, Message, StepResult
@@ -181,12 +181,17 @@ def answer_text(task: LetterTask) -> str:
 
 
 def sft_chat(
-    task: LetterTask, system_prompt: bool = True, cot: CotFormat = "spell", thinking: bool = False
+    task: LetterTask,
+    system_prompt: bool = True,
+    cot: CotFormat = "spell",
+    thinking: bool = False,
+    pieces: Sequence[str] | None = None,
 ) -> list[Message]:
     """A worked example for SFT: the prompt plus an assistant reply that reasons in format ``cot``
-    (see ``picorl.envs.traces``), then gives the answer block. With ``thinking`` the reasoning sits
-    inside ``<think>...</think>`` (chat templates with a thinking mode, e.g. Qwen3's)."""
-    reasoning = trace(task, cot)
+    (see ``picorl.envs.traces``; ``pieces``: the tokenizer's cut of the string, for ``cot="pieces"``),
+    then gives the answer block. With ``thinking`` the reasoning sits inside ``<think>...</think>``
+    (chat templates with a thinking mode, e.g. Qwen3's)."""
+    reasoning = trace(task, cot, pieces)
     if thinking:
         reply = f"<think>\n{reasoning}\n</think>\n\n{answer_text(task)}"
     else:
@@ -221,6 +226,7 @@ class LetterCounting(Env):
         system_prompt: bool = True,
         cot: CotFormat = "scan",
         thinking: bool = False,
+        text_pieces: Callable[[str], list[str]] | None = None,
     ) -> None:
         is_list = isinstance(difficulty, Sequence) and not isinstance(difficulty, str)
         tiers = list(difficulty) if is_list else [difficulty]
@@ -235,6 +241,8 @@ class LetterCounting(Env):
             raise ValueError(f"unknown reasoning format {cot!r}; use one of {', '.join(COT_FORMATS)}")
         self.cot = cot
         self.thinking = thinking
+        # How the model's tokenizer cuts a string (the ``pieces`` format's demonstrations need it).
+        self.text_pieces = text_pieces
         self.task: LetterTask | None = None
 
     @property
@@ -251,7 +259,9 @@ class LetterCounting(Env):
 
     def demonstration(self, seed: int) -> list[Message]:
         """The worked answer to the task of ``seed`` in this env's reasoning format (SFT data)."""
-        return sft_chat(self.task_for_seed(seed), self.system_prompt, self.cot, self.thinking)
+        task = self.task_for_seed(seed)
+        pieces = self.text_pieces(task.text) if self.text_pieces and self.cot == "pieces" else None
+        return sft_chat(task, self.system_prompt, self.cot, self.thinking, pieces)
 
     def reset(self, seed: int) -> list[Message]:
         self.task = self.task_for_seed(seed)

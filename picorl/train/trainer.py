@@ -216,7 +216,7 @@ def supervised_stage(
     """SFT on fresh demonstrations of the env's reasoning format (``picorl.train.sft``). ``resume``:
     ``start_step``, ``optimizer_state`` and ``after_step`` of :func:`picorl.train.sft.run_sft`."""
     sft = config.sft
-    envs = {tier: env_factory(config, [tier])() for tier in sft.sft_tiers}
+    envs = {tier: env_factory(config, [tier], ctx.tokenizer)() for tier in sft.sft_tiers}
 
     def demonstrate(tier: int, seed: int) -> tuple[list[int], int]:
         env = envs[tier]

@@ -6,11 +6,21 @@ from picorl.envs.letter_counting import LetterCounting, LetterTask, make_task, r
 from picorl.envs.traces import COT_FORMATS, WINDOW, trace
 
 
+def random_cut(text: str) -> list[str]:
+    """Pieces of 1-3 characters, as a BPE tokenizer might cut a random string."""
+    rng, pieces, i = random.Random(text), [], 0
+    while i < len(text):
+        n = rng.randint(1, 3)
+        pieces.append(text[i : i + n])
+        i += n
+    return pieces
+
+
 @pytest.mark.parametrize("cot", COT_FORMATS)
 @pytest.mark.parametrize("thinking", [False, True])
 @pytest.mark.parametrize("tier", range(1, 11))
 def test_every_format_demonstration_scores_one(cot, thinking, tier):
-    env = LetterCounting(tier, reward_mode="binary", cot=cot, thinking=thinking)
+    env = LetterCounting(tier, reward_mode="binary", cot=cot, thinking=thinking, text_pieces=random_cut)
     for seed in random.Random(tier).sample(range(10**9), 5):
         reply = env.demonstration(seed)[-1]["content"]
         env.reset(seed)
@@ -33,6 +43,45 @@ def test_window_copies_each_block_before_its_characters():
     assert "".join(blocks) == task.text and all(len(b) == WINDOW for b in blocks[:-1])
     chars = [line[0] for line in lines if not line.startswith("[")]
     assert "".join(chars) == task.text
+
+
+def test_pieces_copies_each_multi_character_piece_before_its_characters():
+    task = LetterTask("strawberry", ("r", "s"), (3, 1), 2)
+    lines = trace(task, "pieces", ["str", "aw", "b", "erry"]).splitlines()[1:]
+    assert lines == ["[str]", "s=1", "t", "r=1", "[aw]", "a", "w", "b", "[erry]", "e", "r=2", "r=3", "y"]
+
+
+def test_pieces_must_spell_the_string_and_be_given():
+    task = LetterTask("strawberry", ("r",), (3,), 1)
+    with pytest.raises(ValueError, match="do not spell the task's string"):
+        trace(task, "pieces", ["straw", "bery"])
+    with pytest.raises(ValueError, match="build the environment with text_pieces"):
+        LetterCounting(1, cot="pieces").demonstration(3)
+
+
+def test_token_pieces_are_the_prompt_tokens_of_the_string():
+    """The pieces are the tokens the model reads in its prompt, so a piece is copied token for token."""
+    from picorl.config import Config, EnvConfig
+    from picorl.envs.letter_counting import prompt_messages
+    from picorl.models import load_model_and_tokenizer
+    from picorl.runtime import env_factory, token_pieces
+
+    tokenizer = load_model_and_tokenizer("tiny-qwen3")[1]
+    pieces_of = token_pieces(tokenizer)
+    for tier in (1, 6, 8):
+        task = make_task(tier, random.Random(tier))
+        pieces = pieces_of(task.text)
+        assert "".join(pieces) == task.text and max(map(len, pieces)) > 1
+        prompt = tokenizer.apply_chat_template(prompt_messages(task), tokenize=False)
+        tokens = [tokenizer.decode([i]) for i in tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        at = tokens.index(" " + pieces[0]) if (" " + pieces[0]) in tokens else -1
+        assert tokens[at : at + len(pieces)] == [" " + pieces[0], *pieces[1:]], (pieces, tokens)
+    env = env_factory(Config(env=EnvConfig(cot="pieces")), [6], tokenizer)()
+    reply = env.demonstration(11)[-1]["content"]
+    task = env.task_for_seed(11)
+    assert [line[1:-1] for line in reply.splitlines() if line.startswith("[")] == [
+        p for p in pieces_of(task.text) if len(p) > 1
+    ]
 
 
 def test_spell_is_the_seed_format():
