@@ -78,9 +78,16 @@ TINY_SHAPES = {
     "4b_2048": Shape("4b_2048", "qwen3-random-tiny", 16, forced=True, num_tasks=2, k=4),
 }
 
-# Train-step variants: [train] overrides applied to the same policy, engine and optimizer.
+# Train-step variants: [train] overrides applied to the same policy, engine and optimizer (options
+# that re-wrap the model, like gradient checkpointing, are flags of their own: one process each).
 VARIANTS: dict[str, dict[str, object]] = {
-    "base": {},
+    "base": {},  # today's defaults: micro_batch_size rows, fp32 adapter math, eager decoder
+    "tokens": {"micro_batch_tokens": 0},  # micro-batches sized from free GPU memory
+    "tokens16k": {"micro_batch_tokens": 16384},  # a fixed padded-token budget
+    "bf16": {"train_autocast": True},  # LoRA adapter math in bf16 under autocast
+    "compile": {"compile_train": True},  # torch.compile of the training forward
+    "bf16_tokens": {"train_autocast": True, "micro_batch_tokens": 0},
+    "all": {"train_autocast": True, "micro_batch_tokens": 0, "compile_train": True},
 }
 
 
@@ -166,6 +173,7 @@ def one_update(ctx: UpdateContext, update: int) -> dict[str, float]:
         "rollout_tok_s": generated / metrics["time/rollout_s"],
         "train_tok_s": trained / metrics["time/train_s"],
         "completion_tokens": generated / len(episodes),
+        "micro_batches": metrics.get("train/micro_batches", math.nan),
         "peak_rollout_gib": metrics.get("memory/rollout_peak_gb", math.nan),
         "peak_train_gib": metrics.get("memory/peak_gb", math.nan),
         "kv_cache_gib": metrics.get("memory/kv_cache_gb", math.nan),
@@ -256,7 +264,7 @@ def format_summary(shape: str, variant: str, s: dict[str, float]) -> str:
     return (
         f"  => {shape} [{variant}] median of the timed updates: rollout {s['rollout_s']:.3f} s "
         f"({s['rollout_tok_s']:,.0f} tok/s, {s['completion_tokens']:.0f} tokens a completion), train "
-        f"{s['train_s']:.3f} s ({s['train_tok_s']:,.0f} tok/s), total {s['update_s']:.3f} s; peak GiB: "
+        f"{s['train_s']:.3f} s ({s['train_tok_s']:,.0f} tok/s, {s['micro_batches']:.0f} micro-batches), total {s['update_s']:.3f} s; peak GiB: "
         f"rollout {s['peak_rollout_gib']:.2f}, train {s['peak_train_gib']:.2f}; KV cache {s['kv_cache_gib']:.2f} GiB"
     )
 
