@@ -63,6 +63,16 @@ def autocast(enabled: bool, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def adapter_input_casts_off(model: torch.nn.Module, enabled: bool):
+    """With ``train_autocast``, for the whole train phase (forward, and backward: gradient
+    checkpointing re-runs the forward there): PEFT's LoRA layers stop casting their bf16 input to the
+    fp32 adapter dtype, a copy kernel per adapter that autocast would only cast back. Outside it the
+    engine's eager adapters need the cast, so it is switched back on when the phase ends."""
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model, active=enabled)
+
+
 class CompiledDecoder:
     """The decoder (the transformers base model under the LM head) through ``torch.compile``, made
     once per policy and reused: the engine calls the same modules eagerly, so compiling here does not

@@ -20,7 +20,13 @@ from picorl.rollout.episodes import Episode, run_episodes
 from picorl.runtime import train_task_seeds
 from picorl.train.batch import MicroBatch, make_micro_batches
 from picorl.train.logprobs import chosen_token_logprobs
-from picorl.train.step_options import CompiledDecoder, TokenBudget, autocast, micro_batch_tokens
+from picorl.train.step_options import (
+    CompiledDecoder,
+    TokenBudget,
+    adapter_input_casts_off,
+    autocast,
+    micro_batch_tokens,
+)
 from picorl.units import GIB
 
 
@@ -113,7 +119,8 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
         episodes, advantages, train.micro_batch_size, ctx.tokenizer.pad_token_id, ctx.device,
         include.tolist(), max_tokens=micro_batch_tokens(train, ctx.token_budget, ctx.device),
     )  # fmt: skip
-    train_metrics = optimize(ctx, batches, max_completion_length=max_tokens) if batches else {}
+    with adapter_input_casts_off(ctx.model, train.train_autocast):
+        train_metrics = optimize(ctx, batches, max_completion_length=max_tokens) if batches else {}
     if batches and train.micro_batch_tokens == 0:  # learn the bytes a padded token costs
         ctx.token_budget.end(ctx.device, max(mb.input_ids.numel() for mb in batches))
     t_train = time.perf_counter() - t1

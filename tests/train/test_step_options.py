@@ -13,7 +13,7 @@ from picorl.config import ModelConfig, build_config
 from picorl.rollout.episodes import Episode
 from picorl.train.batch import _pack, make_micro_batches
 from picorl.train.policy import make_policy
-from picorl.train.step_options import TokenBudget, micro_batch_tokens
+from picorl.train.step_options import TokenBudget, adapter_input_casts_off, micro_batch_tokens
 from picorl.train.update import UpdateContext, optimize
 from tests.conftest import tiny_llama
 
@@ -54,8 +54,8 @@ def episodes(count: int = 10, seed: int = 0) -> list[Episode]:
     return out
 
 
-def context(**train) -> UpdateContext:
-    model = make_policy(tiny_llama(), ModelConfig(lora_rank=4, gradient_checkpointing=False))
+def context(checkpointing: bool = False, **train) -> UpdateContext:
+    model = make_policy(tiny_llama(), ModelConfig(lora_rank=4, gradient_checkpointing=checkpointing))
     with torch.no_grad():  # B = 0 at init would make every adapter gradient but B's vanish
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -75,7 +75,8 @@ def gradients(ctx: UpdateContext, micro_batch_size: int = 2, max_tokens: int | N
         batches = make_micro_batches(eps, advantages, micro_batch_size, 0, CPU, max_tokens=max_tokens)
     else:  # one micro-batch in the given order, not sorted by length
         batches = [_pack([eps[i] for i in order], order, advantages[order], 0, CPU)]
-    metrics = optimize(ctx, batches, max_completion_length=20)
+    with adapter_input_casts_off(ctx.model, ctx.config.train.train_autocast):  # as rl_update runs it
+        metrics = optimize(ctx, batches, max_completion_length=20)
     return ctx.optimizer.grads, metrics
 
 
@@ -125,9 +126,13 @@ def test_token_budget_off_and_cpu_fall_back_to_rows():
         build_config({"train": {"micro_batch_tokens": -1}})
 
 
-def test_autocast_matches_fp32_within_bf16_rounding():
-    reference, m_ref = gradients(context())
-    grads, m = gradients(context(train_autocast=True))
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_autocast_matches_fp32_within_bf16_rounding(checkpointing):
+    reference, m_ref = gradients(context(checkpointing))
+    ctx = context(checkpointing, train_autocast=True)
+    grads, m = gradients(ctx)
+    # the engine runs the adapters eagerly, outside autocast: PEFT's input cast is back on
+    assert all(getattr(mod, "cast_input_dtype_enabled", True) for mod in ctx.model.modules())
     for x, y in zip(grads, reference):  # bf16 keeps ~3 significant digits: compare directions and sizes
         assert torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0) > 0.99
         assert (x.norm() / y.norm() - 1).abs() < 0.05
