@@ -202,8 +202,8 @@ def profile_train_phase(ctx: UpdateContext, update: int, path: Path) -> None:
     kernels = sum(
         e.count for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
     )
-    lines = [f"train phase of one update: {metrics['time/train_s']:.3f} s under the profiler, "
-             f"{kernels} device kernel launches"]  # fmt: skip
+    launches = f"{kernels} device kernel launches" if ctx.device.type == "cuda" else "no GPU"
+    lines = [f"train phase of one update: {metrics['time/train_s']:.3f} s under the profiler, {launches}"]
     if ctx.device.type == "cuda":
         lines += [
             "",
