@@ -42,13 +42,16 @@ QWEN3_4B = dict(
 PEAK_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}
 
 
-def random_qwen3_4b(device: str = "cuda") -> torch.nn.Module:
-    """Qwen3-4B-shaped model with random bf16 weights, built on the meta device (no 16 GB fp32 init)."""
+def random_qwen3_4b(
+    device: str = "cuda", shape: dict | None = None, dtype: torch.dtype = torch.bfloat16
+) -> torch.nn.Module:
+    """Qwen3-4B-shaped model (or ``shape``) with random weights of ``dtype``, built on the meta device
+    (no 16 GB fp32 init)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(**QWEN3_4B)
+    config = Qwen3Config(**(shape or QWEN3_4B))
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+        model = Qwen3ForCausalLM(config).to(dtype)
     model = model.to_empty(device=device)
     model.lm_head.weight = model.model.embed_tokens.weight  # to_empty unties shared parameters
     with torch.no_grad():

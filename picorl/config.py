@@ -148,6 +148,24 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = opt(1.0, "Clip the gradient's global norm to this (0 = no clipping).")
     micro_batch_size: int | None = opt(None, "Sequences per forward/backward (auto: 16 on GPU, 8 on CPU).")
+    micro_batch_tokens: int | None = opt(
+        None,
+        "Fill each forward/backward with up to this many padded tokens (rows x longest row, sequences "
+        "sorted by length) instead of micro_batch_size sequences; 0 = sized from the GPU memory free "
+        "when training starts, at the bytes per token the previous update's peak showed (the first "
+        "update, and any CPU run, uses micro_batch_size). Off unless set; the loss is the same.",
+    )
+    train_autocast: bool = opt(
+        False,
+        "Run the training forward of the decoder under bf16 autocast: the fp32 LoRA adapter matrices "
+        "multiply in bf16 on tensor cores (the optimizer still holds and updates fp32 weights); the output "
+        "head, log-probs and loss stay as they are. For GPUs; off by default.",
+    )
+    compile_train: bool = opt(
+        False,
+        "torch.compile the decoder's forward in training (log-prob passes only; the first updates pay the "
+        "compilation, new lengths may recompile). Off by default.",
+    )
     seed: int = opt(0, "Seed for tasks, sampling and initialisation: the same seed gives the same CPU run.")
     device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu.")
 
@@ -162,6 +180,10 @@ class TrainConfig:
         check(
             self.micro_batch_size is None or self.micro_batch_size >= 1,
             f"micro_batch_size must be >= 1, got {self.micro_batch_size}",
+        )
+        check(
+            self.micro_batch_tokens is None or self.micro_batch_tokens >= 0,
+            f"micro_batch_tokens must be >= 0 (0 = from free GPU memory), got {self.micro_batch_tokens}",
         )
 
 

@@ -32,17 +32,34 @@ def make_micro_batches(
     pad_id: int,
     device: torch.device,
     include: list[bool] | None = None,
+    max_tokens: int | None = None,
 ) -> list[MicroBatch]:
     """Split the episodes (those with ``include`` True) into micro-batches, similar lengths together
     so little compute goes to padding. A truncated episode keeps exactly the tokens it sampled: no
-    end-of-turn token is invented for it (the trainer must score exactly the ids the engine sampled)."""
+    end-of-turn token is invented for it (the trainer must score exactly the ids the engine sampled).
+
+    With ``max_tokens`` a micro-batch holds as many sequences as fit in that many padded tokens
+    (rows x its longest row; a longer sequence still gets one of its own) and ``micro_batch_size`` is
+    not used. How the batch is split never changes the loss: its normalisers count the whole batch."""
     chosen = [i for i in range(len(episodes)) if include is None or include[i]]
-    chosen.sort(key=lambda i: len(episodes[i].prompt_ids) + len(episodes[i].completion_ids))
-    batches = []
-    for start in range(0, len(chosen), micro_batch_size):
-        index = chosen[start : start + micro_batch_size]
-        batches.append(_pack([episodes[i] for i in index], index, advantages[index], pad_id, device))
-    return batches
+    length = [len(e.prompt_ids) + len(e.completion_ids) for e in episodes]
+    chosen.sort(key=lambda i: length[i])
+    groups = _by_tokens(chosen, length, max_tokens) if max_tokens else [
+        chosen[start : start + micro_batch_size] for start in range(0, len(chosen), micro_batch_size)
+    ]  # fmt: skip
+    return [_pack([episodes[i] for i in index], index, advantages[index], pad_id, device) for index in groups]
+
+
+def _by_tokens(chosen: list[int], length: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive runs of ``chosen`` (sorted by length, so the newest row is the longest) whose
+    padded size stays within ``max_tokens``."""
+    groups: list[list[int]] = []
+    for i in chosen:
+        if groups and (len(groups[-1]) + 1) * length[i] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def _pack(episodes: list[Episode], index: list[int], advantages, pad_id: int, device) -> MicroBatch:

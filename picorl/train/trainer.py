@@ -77,20 +77,14 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
         check_base(plan, base)
         model = make_policy(model, config.model)
         value_head = make_value_head(model, config, device)
-        groups = [{"params": trainable_parameters(model)}]
-        if value_head is not None:
-            groups.append(value_head_param_group(value_head, config.algo.value_lr))
-        optimizer = torch.optim.AdamW(groups, lr=config.train.lr, weight_decay=config.train.weight_decay)
-        warmup_steps = config.train.warmup_steps
-        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
-        )
+        optimizer, lr_scheduler = make_optimizer(config, model, value_head)
+        groups = len(optimizer.param_groups)
         open_run(plan)  # the first write
         checkpoint = plan.checkpoint
         if checkpoint is not None:
             restore_weights(checkpoint, model)
             lrs, decays = [config.train.lr, config.algo.value_lr], [config.train.weight_decay, 0.0]
-            restore_optimizer(checkpoint, optimizer, lr_scheduler, lrs[: len(groups)], decays[: len(groups)])
+            restore_optimizer(checkpoint, optimizer, lr_scheduler, lrs[:groups], decays[:groups])
             if value_head is not None:
                 value_head.load_state_dict(checkpoint.state["value_head"])
             set_rng_state(checkpoint.state["rng"])
@@ -267,6 +261,20 @@ def eval_sample_row(step: int, stage: str, episode) -> dict:
         "completion_tokens": episode.num_generated,
         "finish_reason": episode.finish_reason,
     }
+
+
+def make_optimizer(config: Config, model, value_head=None):
+    """AdamW over the policy's trainable weights (and PPO's value head, in its own group) and the
+    linear warm-up schedule; ``benchmarks/update.py`` builds its updates with this too."""
+    groups = [{"params": trainable_parameters(model)}]
+    if value_head is not None:
+        groups.append(value_head_param_group(value_head, config.algo.value_lr))
+    optimizer = torch.optim.AdamW(groups, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    warmup_steps = config.train.warmup_steps
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
+    )
+    return optimizer, lr_scheduler
 
 
 def make_value_head(model, config: Config, device):

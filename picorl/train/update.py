@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,13 @@ from picorl.rollout.episodes import Episode, run_episodes
 from picorl.runtime import train_task_seeds
 from picorl.train.batch import MicroBatch, make_micro_batches
 from picorl.train.logprobs import chosen_token_logprobs
+from picorl.train.step_options import (
+    CompiledDecoder,
+    TokenBudget,
+    adapter_input_casts_off,
+    autocast,
+    micro_batch_tokens,
+)
 from picorl.units import GIB
 
 
@@ -37,6 +44,8 @@ class UpdateContext:
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     value_head: torch.nn.Module | None = None
+    token_budget: TokenBudget = field(default_factory=TokenBudget)  # micro_batch_tokens = 0
+    compiled_decoder: CompiledDecoder = field(default_factory=CompiledDecoder)  # compile_train
 
 
 def collect(ctx: UpdateContext, update: int) -> tuple[list[Episode], dict[str, float]]:
@@ -105,12 +114,17 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
             episode.advantage = advantage  # for samples.jsonl and the report's group browser
 
     t1 = time.perf_counter()
+    train = ctx.config.train
     batches = make_micro_batches(
-        episodes, advantages, ctx.config.train.micro_batch_size, ctx.tokenizer.pad_token_id, ctx.device,
-        include.tolist(),
+        episodes, advantages, train.micro_batch_size, ctx.tokenizer.pad_token_id, ctx.device,
+        include.tolist(), max_tokens=micro_batch_tokens(train, ctx.token_budget, ctx.device),
     )  # fmt: skip
-    train_metrics = optimize(ctx, batches, max_completion_length=max_tokens) if batches else {}
+    with adapter_input_casts_off(ctx.model, train.train_autocast):
+        train_metrics = optimize(ctx, batches, max_completion_length=max_tokens) if batches else {}
+    if batches and train.micro_batch_tokens == 0:  # learn the bytes a padded token costs
+        ctx.token_budget.end(ctx.device, max(mb.input_ids.numel() for mb in batches))
     t_train = time.perf_counter() - t1
+    metrics["train/micro_batches"] = float(len(batches))
 
     metrics.update(rollout_metrics(episodes, rewards, group_ids, advantages, include))
     metrics.update(train_metrics)
@@ -131,6 +145,7 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
 
 
 def _forward(ctx: UpdateContext, mb: MicroBatch, with_values: bool):
+    train = ctx.config.train
     out = chosen_token_logprobs(
         ctx.model,
         mb.input_ids,
@@ -138,6 +153,8 @@ def _forward(ctx: UpdateContext, mb: MicroBatch, with_values: bool):
         mb.action_mask,
         ctx.config.rollout.temperature,
         return_hidden=with_values,
+        decoder=ctx.compiled_decoder(ctx.model) if train.compile_train else None,
+        autocast=autocast(train.train_autocast, ctx.device),
     )
     if not with_values:
         return out, None
