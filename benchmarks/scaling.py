@@ -40,6 +40,8 @@ def run(ranks: int, num_tasks: int, args: argparse.Namespace, runs_dir: Path, na
         "--plot-interval-s", "100000", "--runs-dir", str(runs_dir), "--name", name, *args.extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if args.device == "cpu":  # torchrun gives each of N > 1 ranks one thread; give N = 1 the same
+        env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")

@@ -169,7 +169,7 @@ def learn(ctx: UpdateContext, episodes: list[Episode]) -> tuple[dict[str, float]
         ctx.device, include[mine].tolist(),
     )  # fmt: skip
     # Every rank optimizes if any rank has a batch: each takes part in every gradient all-reduce.
-    anything = bool(batches) or distributed.any_rank(bool(batches))
+    anything = distributed.any_rank(bool(batches))  # called on every rank (never short-circuited)
     train_metrics = optimize(ctx, batches, max_completion_length=max_tokens) if anything else {}
     t_train = time.perf_counter() - t1
     metrics = rollout_metrics(global_episodes, rewards, group_ids, advantages, include)
