@@ -110,6 +110,7 @@ def _informative_groups(episodes: list[Episode]) -> set[int]:
 
 def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[Episode]]:
     """Run update number ``update`` (0-based); returns its metrics and episodes."""
+    distributed.barrier()  # rank 0 may still be saving or plotting: time the update, not that wait
     t0 = time.perf_counter()
     on_gpu = ctx.device.type == "cuda"
     if on_gpu:  # peaks are the update's own, not those of the evaluation or SFT before it
