@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from picorl import distributed
 from picorl.cli_tools import add_tool_parsers, run_tool
 from picorl.config import SECTIONS, build_config, field_index, load_toml
 from picorl.train.interrupt import Interrupted
@@ -78,10 +79,14 @@ def config_from_args(args: argparse.Namespace):
         if name in index:
             overrides.setdefault(index[name][0], {})[name] = value
     config = build_config(overrides)  # every value checked, with or without --resume
+    if getattr(args, "command", "train") == "train":
+        # Under torchrun: join the process group now, so that rank 0 alone reads the run folder first
+        # (a rank that resolved --resume before the group existed raced rank 0's writes).
+        distributed.init(config.train.device)
     if config.run.resume and getattr(args, "command", "train") == "train":
         from picorl.train.resume import resume_overrides
 
-        config = build_config(resume_overrides(overrides))
+        config = build_config(distributed.main_first(lambda: resume_overrides(overrides)))
     return config
 
 
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             from picorl.train.trainer import train
 
             train(config)
+            distributed.shutdown()
         elif args.run:
             from picorl.train.rerun_eval import rerun_eval
 

@@ -113,7 +113,11 @@ class EnvConfig:
 @dataclass
 class RolloutConfig:
     k: int = opt(8, "Samples per prompt: one GRPO group is k samples of ONE prompt (num_generations in TRL).")
-    num_tasks: int | None = opt(None, "Prompts (groups) per update (auto: 8 on GPU, 4 on CPU).")
+    num_tasks: int | None = opt(
+        None,
+        "Prompts (groups) per update, GLOBAL: under torchrun they are split evenly over the ranks, so it "
+        "must be a multiple of their number (auto: 8 on GPU, 4 on CPU).",
+    )
     max_tokens: int | None = opt(None, "Max new tokens per completion (auto: 512 on GPU, 96 on CPU).")
     temperature: float = opt(1.0, "Sampling temperature for training rollouts.")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off).")
@@ -194,7 +198,9 @@ class SFTConfig:
         "Supervised steps on fresh demonstrations (the env's reasoning format) before RL "
         "(auto: 200 on GPU, 12 on CPU; 0 = off).",
     )
-    sft_batch_size: int = opt(8, "Demonstrations per SFT step (each step draws fresh ones).")
+    sft_batch_size: int = opt(
+        8, "Demonstrations per SFT step, GLOBAL (split over torchrun's ranks; each step draws fresh ones)."
+    )
     sft_lr: float = opt(
         1e-3,
         "Peak SFT learning rate (5% warm-up, cosine to a tenth); for LoRA. A full fine-tune wants ~1e-4.",
@@ -223,7 +229,9 @@ class EvalConfig:
     eval_every: int | None = opt(
         None, "Evaluate every N updates (also before training and at the end; 0 = only those)."
     )
-    eval_num_tasks: int | None = opt(None, "Fixed, seeded eval tasks per tier (auto: 200 on GPU, 24 on CPU).")
+    eval_num_tasks: int | None = opt(
+        None, "Fixed, seeded eval tasks per tier, GLOBAL (split over torchrun's ranks) (auto: 200 on GPU, 24 on CPU)."
+    )
     eval_tiers: list[int] | None = opt(
         None, "Tiers to evaluate (auto: the training tiers and their neighbours)."
     )

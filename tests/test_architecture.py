@@ -21,7 +21,7 @@ FLOORS = [
     ["runtime", "report"],
     ["config", "rollout"],
     ["engine", "algos", "envs", "logging"],
-    ["models", "options"],
+    ["models", "options", "distributed"],
     ["units"],
 ]
 FLOOR = {part: i for i, row in enumerate(FLOORS) for part in row}

@@ -4,12 +4,17 @@ The eval set of a tier is the same for every run with the same ``eval_seed`` (an
 training seed), so runs and checkpoints compare on identical tasks. Accuracy counts exact matches only
 (``info["correct"]``), never ``reward > 0`` (footgun 5), and comes with a 95% Wilson interval: with
 200 tasks the interval is at most about +-7 points, against the seed's +-17 for its 32 fresh tasks.
+
+Under torchrun each rank plays a contiguous slice of every tier's tasks and rank 0 gathers the
+episodes in task order, so its metrics and episodes are those of one process (the other ranks get
+empty ones: only rank 0 logs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from picorl import distributed
 from picorl.engine.types import RolloutEngine, SamplingParams
 from picorl.envs.base import Env
 from picorl.logging.stats import wilson_interval
@@ -28,19 +33,24 @@ def evaluate(
     max_tokens: int,
 ) -> tuple[dict[str, float], list[Episode]]:
     """Greedy episodes on every tier's eval set (``make_env(tier)`` builds an env of that tier);
-    returns ``eval/tier{N}/...`` metrics and the episodes."""
+    returns ``eval/tier{N}/...`` metrics and the episodes (on rank 0; empty on the other ranks)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     metrics: dict[str, float] = {}
     all_episodes: list[Episode] = []
     for tier in tiers:
         episodes = run_episodes(
             lambda tier=tier: make_env(tier),
-            eval_task_seeds(tier, num_tasks, eval_seed),
+            distributed.shard(eval_task_seeds(tier, num_tasks, eval_seed)),
             engine,
             tokenizer,
             params,
             k=1,
         )
+        if distributed.active():
+            parts = distributed.gather_to_main(episodes)
+            if parts is None:
+                continue
+            episodes = [e for part in parts for e in part]
         metrics.update(tier_metrics(tier, episodes))
         all_episodes += episodes
     return metrics, all_episodes

@@ -270,6 +270,26 @@ class MetricsLogger:
         self._wandb_run.log(data)
 
 
+class NullLogger:
+    """A :class:`MetricsLogger` that writes nothing: what the ranks other than 0 of a data-parallel run
+    log to (rank 0 alone writes the run folder)."""
+
+    def log(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
+        pass
+
+    def log_sft(self, sft_step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log_samples(self, rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def log_eval_samples(self, rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _init_wandb(run_dir: Path, project: str, mode: str | None, run_name: str, config: dict, resume: bool):
     try:
         import wandb

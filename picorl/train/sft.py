@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from picorl import distributed
 from picorl.rollout.episodes import render_prompt
 from picorl.runtime import SFT_SEEDS_START
 from picorl.train.logprobs import chosen_token_logprobs
@@ -148,7 +149,11 @@ def run_sft(
 
     Resuming: ``start_step`` steps already done and the optimizer's ``optimizer_state`` then; a step's
     batch depends on its number only, so a resumed SFT trains on what an uninterrupted one would.
-    ``after_step(step, optimizer)`` runs after each step (the trainer's checkpoints and Ctrl-C)."""
+    ``after_step(step, optimizer)`` runs after each step (the trainer's checkpoints and Ctrl-C).
+
+    Under torchrun every rank builds the same batch and trains on its contiguous slice of it; the loss
+    is still divided by the whole batch's target tokens, and the gradients are summed over ranks, so the
+    step is the one-process step."""
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     if optimizer_state is not None:
@@ -164,8 +169,9 @@ def run_sft(
         longest = max(len(d.ids) for d in batch)
         per_micro = max(1, micro_batch_tokens // longest)
         loss_sum = 0.0
-        for j in range(0, len(batch), per_micro):
-            chunk = batch[j : j + per_micro]
+        mine = distributed.shard(batch)  # the whole batch in one process
+        for j in range(0, len(mine), per_micro):
+            chunk = mine[j : j + per_micro]
             input_ids, attention, targets = sft_batch(
                 [(d.ids, d.reply_start) for d in chunk], tokenizer.pad_token_id, device
             )
@@ -173,6 +179,9 @@ def run_sft(
             loss = -(logprobs * targets).sum() / targets_total  # token mean over the whole batch
             loss.backward()
             loss_sum += loss.item()
+        if distributed.active():
+            distributed.all_reduce_gradients(params)
+            loss_sum = distributed.all_reduce_sum(loss_sum)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -10,20 +10,26 @@ Everything that can be refused (the settings, the run folder, a resume's checkpo
 is checked before the first write (``picorl.train.resume``). Checkpoints are written every
 ``save_every`` SFT steps and updates, once SFT and the step-0 eval are done (so a resume never
 repeats them), at the end, and on Ctrl-C at the next safe point (``picorl.train.interrupt``).
+
+Under torchrun (``picorl.distributed``, docs/distributed.md) every rank runs this same loop on its
+share of each update; rank 0 alone plans the run first, writes the run folder, logs and prints.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
+from picorl import distributed
 from picorl.algos.value_head import ValueHead, value_head_param_group
 from picorl.config import Config, resolve_auto, to_dict
 from picorl.eval.evaluate import evaluate
 from picorl.logging.console import UpdateProgress, format_sft_line
-from picorl.logging.metrics import MetricsLogger, log_sizes, read_jsonl
+from picorl.logging.metrics import MetricsLogger, NullLogger, log_sizes, read_jsonl
 from picorl.models import load_model_and_tokenizer
 from picorl.models.identity import base_model_record
 from picorl.report.page import refresh_report
@@ -32,6 +38,7 @@ from picorl.runtime import env_factory, make_engine, pick_device, seed_everythin
 from picorl.train.checkpoint import (
     restore_optimizer,
     restore_weights,
+    rng_state,
     save_adapter,
     save_checkpoint,
     set_rng_state,
@@ -52,9 +59,15 @@ STOP_NOTICE = (
 
 def train(config: Config) -> Path:
     """Run RL training as ``config`` says; returns the run directory."""
-    device = pick_device(config.train.device)
+    device = distributed.local_device(pick_device(config.train.device))
     config = resolve_auto(config, on_gpu=device.type == "cuda")
-    plan = plan_run(config)
+    ranks = distributed.world_size()
+    if config.rollout.num_tasks % ranks:
+        raise ValueError(
+            f"num_tasks ({config.rollout.num_tasks}) is the global number of groups per update and must "
+            f"divide evenly over the {ranks} ranks; pass a multiple of {ranks}"
+        )
+    plan = distributed.main_first(lambda: plan_run(config))  # one rank reports a refused run
     try:
         with StopRequest(STOP_NOTICE) as stop:
             return _train(plan, device, stop)
@@ -64,14 +77,16 @@ def train(config: Config) -> Path:
 
 def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
     config, run_dir = plan.config, plan.run_dir
-    seed_everything(config.train.seed)
+    main = distributed.is_main()
+    seed_everything(config.train.seed)  # every rank: the same LoRA initialisation
     total = config.train.num_updates
-    with UpdateProgress(total) as progress:
+    quiet = None if main else Console(file=open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
+    with UpdateProgress(total, console=quiet) as progress:
         progress.print(f"picorl: run directory {run_dir}  (device {device}, model {config.model.model})")
         for note in plan.notes:
             progress.print(note)
-        model, tokenizer = load_model_and_tokenizer(
-            config.model.model, dtype=config.model.dtype, device=device
+        model, tokenizer = distributed.main_first(  # rank 0 fetches; the others read its download
+            lambda: load_model_and_tokenizer(config.model.model, dtype=config.model.dtype, device=device)
         )
         base = base_model_record(model, config.model.model)
         check_base(plan, base)
@@ -79,7 +94,8 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
         value_head = make_value_head(model, config, device)
         optimizer, lr_scheduler = make_optimizer(config, model, value_head)
         groups = len(optimizer.param_groups)
-        open_run(plan)  # the first write
+        if main:
+            open_run(plan)  # the first write
         checkpoint = plan.checkpoint
         if checkpoint is not None:
             restore_weights(checkpoint, model)
@@ -87,13 +103,15 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
             restore_optimizer(checkpoint, optimizer, lr_scheduler, lrs[:groups], decays[:groups])
             if value_head is not None:
                 value_head.load_state_dict(checkpoint.state["value_head"])
-            set_rng_state(checkpoint.state["rng"])
+        # The ranks start from rank 0's weights (the same seed made them equal; this makes sure).
+        distributed.broadcast_parameters([p for g in optimizer.param_groups for p in g["params"]])
+        restore_rng(checkpoint, config.train.seed)
         start = plan.step
         logger = MetricsLogger(
             run_dir, run_name=run_dir.name, config=_flat(config), wandb=config.run.wandb,
             wandb_project=config.run.wandb_project, resume=config.run.resume, tensorboard=config.run.tensorboard,
             resume_step=(start if checkpoint is not None else -1) if config.run.resume else None,
-        )  # fmt: skip
+        ) if main else NullLogger()  # fmt: skip
         engine = make_engine(config, model, tokenizer, device)
         ctx = UpdateContext(
             config=config, model=model, tokenizer=tokenizer, engine=engine, make_env=env_factory(config),
@@ -107,6 +125,8 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
                 num_tasks=config.eval.eval_num_tasks, eval_seed=config.eval.eval_seed,
                 max_tokens=config.eval.eval_max_tokens,
             )  # fmt: skip
+            if not main:  # rank 0 gathered every rank's episodes and logs them
+                return
             metrics["time/eval_s"] = time.perf_counter() - t0
             metrics["stage"] = stage
             logger.log(step, metrics, kind="eval")
@@ -114,6 +134,9 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
             progress.eval(step, metrics)
 
         def save(step: int, **sft_state) -> None:
+            rank_rngs = distributed.all_gather_objects(rng_state()) if distributed.active() else None
+            if not main:
+                return
             state = {
                 "update": step,
                 "phase": "sft" if sft_state else "rl",
@@ -123,6 +146,8 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
                 "log_sizes": log_sizes(run_dir),
                 **sft_state,
             }
+            if rank_rngs is not None:  # each rank's generators, for a resume on as many ranks
+                state["rank_rng"] = rank_rngs
             save_checkpoint(run_dir, model, tokenizer, base, state)
             save_adapter(model, tokenizer, run_dir / "adapter", base)
             plan.saved = f"update {step}" if not sft_state else f"SFT step {sft_state['sft_step']}"
@@ -131,9 +156,10 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
             """After each SFT step: the checkpoint cadence, and Ctrl-C's safe point."""
             if sft_step == config.sft.sft_steps:  # the step-0 checkpoint follows at once
                 return
-            if stop.requested or (config.run.save_every and sft_step % config.run.save_every == 0):
+            stopping = distributed.any_rank(stop.requested)
+            if stopping or (config.run.save_every and sft_step % config.run.save_every == 0):
                 save(0, sft_step=sft_step, sft_optimizer=sft_optimizer.state_dict())
-            if stop.requested:
+            if stopping:
                 raise Interrupted(f"stopped after SFT step {sft_step}; {_last_checkpoint(plan)}")
 
         if checkpoint is None or checkpoint.state.get("phase") == "sft":
@@ -143,17 +169,18 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
                 resumed = checkpoint.state if checkpoint is not None else {}
                 supervised_stage(config, ctx, logger, progress, start_step=resumed.get("sft_step", 0),
                                  optimizer_state=resumed.get("sft_optimizer"), after_step=sft_step_done)  # fmt: skip
-                if not config.model.full_finetune:  # RL variants can start from it (init_adapter)
+                if not config.model.full_finetune and main:  # RL variants can start from it (init_adapter)
                     save_adapter(model, tokenizer, run_dir / "sft_adapter", base)
                 run_eval(0, "sft")
             save(0)  # SFT and the step-0 eval are never repeated by a resume
-            if stop.requested:
+            if distributed.any_rank(stop.requested):
                 raise Interrupted(f"stopped after the step-0 eval; {_last_checkpoint(plan)}")
-            if total == 0:
+            if total == 0 and main:
                 refresh_report(run_dir, warn=progress.print)
         last_plot = time.monotonic()  # plotting takes seconds: on a GPU that is as long as an update
         curriculum = config.env.curriculum_threshold is not None
-        history = curriculum_history(run_dir, start) if curriculum else []
+        # read by rank 0 (which has cut the logs back on resume), the same on every rank
+        history = distributed.broadcast_object(curriculum_history(run_dir, start) if curriculum and main else [])
         for update in range(start, total):
             step = update + 1
             if curriculum:
@@ -175,22 +202,50 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
                     )
             logger.log(step, metrics, kind="train")
             if config.run.samples_every and step % config.run.samples_every == 0:
-                logger.log_samples([sample_row(step, e) for e in episodes])
+                logger.log_samples(sample_rows(step, episodes))
             progress.update(step, metrics)
             evaluated = step == total or bool(config.eval.eval_every and step % config.eval.eval_every == 0)
             saved = step == total or bool(config.run.save_every and step % config.run.save_every == 0)
             if evaluated:
                 run_eval(step, "rl")
-            if saved or stop.requested:
+            stopping = distributed.any_rank(stop.requested)  # after the eval, as Ctrl-C may come during it
+            if saved or stopping:
                 save(step)
-            if evaluated or saved or time.monotonic() - last_plot >= config.run.plot_interval_s:
+            plot_due = time.monotonic() - last_plot >= config.run.plot_interval_s
+            if main and (evaluated or saved or plot_due):
                 refresh_report(run_dir, warn=progress.print)
                 last_plot = time.monotonic()
-            if stop.requested and step < total:
+            if stopping and step < total:
                 raise Interrupted(f"stopped after update {step}; {_last_checkpoint(plan)}")
         logger.close()
         progress.print(f"done: {run_dir}")
     return run_dir
+
+
+def restore_rng(checkpoint, seed: int) -> None:
+    """The random generators a run continues with: the checkpoint's (each rank its own when the run is
+    resumed on as many ranks as saved it), else the seed, offset per rank (:func:`distributed.rank_seed`)."""
+    rank = distributed.rank()
+    if checkpoint is None:
+        if rank > 0:  # rank 0 keeps the stream a one-process run has
+            seed_everything(distributed.rank_seed(seed))
+        return
+    saved = checkpoint.state.get("rank_rng")
+    if saved is not None and len(saved) == distributed.world_size():
+        set_rng_state(saved[rank])
+        return
+    set_rng_state(checkpoint.state["rng"])  # rank 0's, as a one-process run saves it
+    if rank > 0:  # resumed on another number of ranks: fresh per-rank streams, still seeded
+        seed_everything(distributed.rank_seed(seed) + checkpoint.state["update"])
+
+
+def sample_rows(step: int, episodes) -> list[dict]:
+    """samples.jsonl rows of every rank's episodes (on rank 0, by group; empty elsewhere). In a
+    data-parallel run each row also names the ``rank`` that sampled it."""
+    if not distributed.active():
+        return [sample_row(step, e) for e in episodes]
+    parts = distributed.gather_to_main([{**sample_row(step, e), "rank": distributed.rank()} for e in episodes])
+    return [row for part in parts for row in part] if parts is not None else []
 
 
 def _last_checkpoint(plan: RunPlan) -> str:

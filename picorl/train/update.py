@@ -1,16 +1,24 @@
 """One policy update: rollout -> rewards -> advantages -> loss on micro-batches -> clip -> step.
 
 Read top to bottom, this is the whole RL algorithm; the formulas live in :mod:`picorl.algos`.
+
+Under torchrun (:mod:`picorl.distributed`) ``num_tasks`` is the GLOBAL number of groups: rank r rolls
+out the r-th contiguous slice of the update's task seeds (whole groups), the advantages, loss masks and
+rollout metrics are computed on every rank's rewards gathered together, the loss normalisers count the
+global batch, and the gradients are summed over ranks before clipping, so the update is the one a
+single process makes on the same episodes. In one process every gather returns its input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from picorl import distributed
 from picorl.algos import advantages as adv
 from picorl.algos import losses, value_head
 from picorl.config import Config
@@ -48,36 +56,58 @@ class UpdateContext:
     compiled_decoder: CompiledDecoder = field(default_factory=CompiledDecoder)  # compile_train
 
 
-def collect(ctx: UpdateContext, update: int) -> tuple[list[Episode], dict[str, float]]:
-    """Sample ``num_tasks`` groups of k episodes. With ``zero_variance="dynamic"`` (DAPO) keep drawing
-    groups, at most ``dynamic_max_draws`` rounds, until ``num_tasks`` groups have reward variance."""
+def collect(
+    ctx: UpdateContext, update: int, rank: int | None = None, world_size: int | None = None
+) -> tuple[list[Episode], dict[str, float]]:
+    """Sample this rank's share of ``num_tasks`` groups of k episodes (all of them in one process).
+    With ``zero_variance="dynamic"`` (DAPO) keep drawing groups, at most ``dynamic_max_draws`` rounds,
+    until the share has reward variance.
+
+    ``num_tasks`` is global: of each round's ``num_tasks`` task seeds (those a single process draws)
+    rank r takes the r-th contiguous slice of ``num_tasks / world_size``, so a group never spans ranks,
+    no task is drawn twice, and episodes keep the group numbers a single process gives them. The
+    engine call of a rank is seeded by its slice's first task seed. ``rank`` and ``world_size`` default
+    to this process's (a test passes them to roll out every rank's share in one process)."""
     algo, rollout = ctx.config.algo, ctx.config.rollout
+    rank = distributed.rank() if rank is None else rank
+    world_size = distributed.world_size() if world_size is None else world_size
     num_tasks = rollout.num_tasks
+    share = num_tasks // world_size  # the trainer checks that num_tasks divides evenly
     episodes: list[Episode] = []
     drawn, rounds = 0, 0
     while True:
-        seeds = train_task_seeds(ctx.config.train.seed, update, drawn, num_tasks)
+        first = drawn + rank * share
+        seeds = train_task_seeds(ctx.config.train.seed, update, first, share)
         params = SamplingParams(
             max_tokens=rollout.max_tokens, temperature=rollout.temperature, top_p=rollout.top_p,
             top_k=rollout.top_k, seed=seeds[0],
         )  # fmt: skip
         new = run_episodes(ctx.make_env, seeds, ctx.engine, ctx.tokenizer, params, k=rollout.k)
         for e in new:
-            e.group += drawn
+            e.group += first
         episodes += new
         drawn += num_tasks
         rounds += 1
         if algo.zero_variance != "dynamic" or rounds >= algo.dynamic_max_draws:
             break
         informative = _informative_groups(episodes)
-        if len(informative) >= num_tasks:
+        if len(informative) >= share:  # each rank fills its own share (no rank waits for another)
             break
     if algo.zero_variance == "dynamic":
-        keep = set(sorted(_informative_groups(episodes))[:num_tasks])
-        if len(keep) < num_tasks:  # bounded: fill with uninformative groups rather than loop forever
-            keep |= set(sorted({e.group for e in episodes} - keep)[: num_tasks - len(keep)])
+        keep = set(sorted(_informative_groups(episodes))[:share])
+        if len(keep) < share:  # bounded: fill with uninformative groups rather than loop forever
+            keep |= set(sorted({e.group for e in episodes} - keep)[: share - len(keep)])
         episodes = [e for e in episodes if e.group in keep]
-    return episodes, {"groups/drawn": float(drawn)}
+    return episodes, {"groups/drawn": float(rounds * share)}
+
+
+def _facts(episode: Episode) -> Episode:
+    """An episode without its tokens and texts: what advantages and rollout metrics read of another
+    rank's episodes (so the all-gather carries kilobytes, not the whole rollout)."""
+    return dataclasses.replace(
+        episode, prompt_ids=[], completion_ids=[], engine_logprobs=[], messages=[],
+        action_mask=[True] * episode.num_generated,
+    )  # fmt: skip
 
 
 def _informative_groups(episodes: list[Episode]) -> set[int]:
@@ -89,6 +119,7 @@ def _informative_groups(episodes: list[Episode]) -> set[int]:
 
 def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[Episode]]:
     """Run update number ``update`` (0-based); returns its metrics and episodes."""
+    distributed.barrier()  # rank 0 may still be saving or plotting: time the update, not that wait
     t0 = time.perf_counter()
     on_gpu = ctx.device.type == "cuda"
     if on_gpu:  # peaks are the update's own, not those of the evaluation or SFT before it
@@ -100,34 +131,8 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
         metrics["memory/rollout_peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / GIB
         torch.cuda.reset_peak_memory_stats(ctx.device)
     t_rollout = time.perf_counter() - t0
-
-    rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
-    group_ids = torch.tensor([e.group for e in episodes])
-    lengths = torch.tensor([e.num_generated for e in episodes])
-    truncated = torch.tensor([e.truncated for e in episodes])
-    algo, max_tokens = ctx.config.algo, ctx.config.rollout.max_tokens
-    shaped = adv.apply_overlong(rewards, lengths, truncated, max_tokens, algo)
-    advantages = adv.compute_advantages(shaped, group_ids, algo)
-    include = adv.loss_mask_for_sequences(shaped, group_ids, truncated, algo)
-    if algo.algo != "ppo":  # PPO's advantages are per token (GAE), not one per sequence
-        for episode, advantage in zip(episodes, advantages.tolist()):
-            episode.advantage = advantage  # for samples.jsonl and the report's group browser
-
-    t1 = time.perf_counter()
-    train = ctx.config.train
-    batches = make_micro_batches(
-        episodes, advantages, train.micro_batch_size, ctx.tokenizer.pad_token_id, ctx.device,
-        include.tolist(), max_tokens=micro_batch_tokens(train, ctx.token_budget, ctx.device),
-    )  # fmt: skip
-    with adapter_input_casts_off(ctx.model, train.train_autocast):
-        train_metrics = optimize(ctx, batches, max_completion_length=max_tokens) if batches else {}
-    if batches and train.micro_batch_tokens == 0:  # learn the bytes a padded token costs
-        ctx.token_budget.end(ctx.device, max(mb.input_ids.numel() for mb in batches))
-    t_train = time.perf_counter() - t1
-    metrics["train/micro_batches"] = float(len(batches))
-
-    metrics.update(rollout_metrics(episodes, rewards, group_ids, advantages, include))
-    metrics.update(train_metrics)
+    learned, t_train = learn(ctx, episodes)
+    metrics.update(learned)
     metrics.update(
         {
             "lr": ctx.lr_scheduler.get_last_lr()[0],
@@ -135,13 +140,71 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
             "time/train_s": t_train,
             "time/update_s": time.perf_counter() - t0,
             "engine/tokens_per_s": float(ctx.engine.last_stats.get("tokens_per_s", 0.0))
-            or float(lengths.sum()) / max(t_rollout, 1e-9),
+            or sum(e.num_generated for e in episodes) / max(t_rollout, 1e-9),
         }
     )
     if on_gpu:  # the training peak stays readable after the update (the trainer sizes the KV cache by it)
         metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / GIB
         metrics["memory/kv_cache_gb"] = ctx.engine.kv_cache_bytes / GIB
+    if distributed.active():  # the rest are global already (computed on gathered episodes or reduced)
+        local = {k: metrics[k] for k in PER_RANK_METRICS if k in metrics}
+        metrics.update(distributed.reduce_metrics(local, 1.0, PER_RANK_RULES))
     return metrics, episodes
+
+
+def learn(ctx: UpdateContext, episodes: list[Episode]) -> tuple[dict[str, float], float]:
+    """Rewards -> advantages -> the optimizer steps on this rank's ``episodes``; returns the rollout and
+    training metrics (of every rank's episodes) and the seconds spent training."""
+    # Every rank's episodes (their facts, not their tokens): advantages and loss masks may use batch
+    # statistics (REINFORCE's batch mean, scale_rewards="batch"), which must be the global batch's.
+    everyone = distributed.all_gather_objects([_facts(e) for e in episodes]) if distributed.active() else [episodes]
+    offset = sum(len(part) for part in everyone[: distributed.rank()])
+    global_episodes = [e for part in everyone for e in part]
+    rewards = torch.tensor([e.reward for e in global_episodes], dtype=torch.float32)
+    group_ids = torch.tensor([e.group for e in global_episodes])
+    lengths = torch.tensor([e.num_generated for e in global_episodes])
+    truncated = torch.tensor([e.truncated for e in global_episodes])
+    algo, max_tokens = ctx.config.algo, ctx.config.rollout.max_tokens
+    shaped = adv.apply_overlong(rewards, lengths, truncated, max_tokens, algo)
+    advantages = adv.compute_advantages(shaped, group_ids, algo)
+    include = adv.loss_mask_for_sequences(shaped, group_ids, truncated, algo)
+    mine = slice(offset, offset + len(episodes))
+    if algo.algo != "ppo":  # PPO's advantages are per token (GAE), not one per sequence
+        for episode, advantage in zip(episodes, advantages[mine].tolist()):
+            episode.advantage = advantage  # for samples.jsonl and the report's group browser
+
+    t1 = time.perf_counter()
+    train = ctx.config.train
+    batches = make_micro_batches(
+        episodes, advantages[mine], train.micro_batch_size, ctx.tokenizer.pad_token_id, ctx.device,
+        include[mine].tolist(), max_tokens=micro_batch_tokens(train, ctx.token_budget, ctx.device),
+    )  # fmt: skip
+    # Every rank optimizes if any rank has a batch: each takes part in every gradient all-reduce.
+    anything = distributed.any_rank(bool(batches))  # called on every rank (never short-circuited)
+    with adapter_input_casts_off(ctx.model, train.train_autocast):
+        train_metrics = optimize(ctx, batches, max_completion_length=max_tokens) if anything else {}
+    if batches and train.micro_batch_tokens == 0:  # learn the bytes a padded token costs
+        ctx.token_budget.end(ctx.device, max(mb.input_ids.numel() for mb in batches))
+    t_train = time.perf_counter() - t1
+    metrics = rollout_metrics(global_episodes, rewards, group_ids, advantages, include)
+    metrics.update(train_metrics)
+    metrics["train/micro_batches"] = float(len(batches))
+    return metrics, t_train
+
+
+# Metrics each rank measures for itself, and how they combine: the slowest rank sets the update's pace
+# (times, memory: max); ranks sample at once, so their rollout throughputs add up; draws add up.
+PER_RANK_RULES = {
+    "time/": distributed.MAX,
+    "memory/": distributed.MAX,
+    "engine/tokens_per_s": distributed.SUM,
+    "groups/drawn": distributed.SUM,
+    "train/micro_batches": distributed.MAX,
+}
+PER_RANK_METRICS = (
+    "groups/drawn", "time/rollout_s", "time/train_s", "time/update_s", "engine/tokens_per_s",
+    "memory/rollout_peak_gb", "memory/peak_gb", "memory/kv_cache_gb", "train/micro_batches",
+)  # fmt: skip
 
 
 def _forward(ctx: UpdateContext, mb: MicroBatch, with_values: bool):
@@ -168,10 +231,12 @@ def optimize(ctx: UpdateContext, batches: list[MicroBatch], max_completion_lengt
     log-probs (and, for PPO, values) stored before the first step."""
     algo = ctx.config.algo
     ppo = algo.algo == "ppo"
-    totals = {
+    totals = {  # the normalisers: counts of the GLOBAL batch (every rank's micro-batches)
         "total_sequences": sum(len(mb.index) for mb in batches),
         "total_tokens": sum(mb.num_tokens for mb in batches),
     }
+    if distributed.active():
+        totals = {key: int(distributed.all_reduce_sum(value)) for key, value in totals.items()}
     with torch.no_grad():
         # Old log-probs are needed once the policy moves within an update; with one step they are
         # the current log-probs, detached, so the ratio is exactly 1 and no extra forward is spent.
@@ -184,10 +249,14 @@ def optimize(ctx: UpdateContext, batches: list[MicroBatch], max_completion_lengt
     steps = 0
     grad_norm = 0.0
     ctx.model.train()
+    parts = algo.ppo_minibatches if ppo else 1
+    if distributed.active():  # every rank must take the same number of optimizer steps
+        parts = max(1, min(parts, int(distributed.all_reduce_min(len(batches)))))
     for epoch in range(algo.num_iterations):
-        minibatches = _split(list(range(len(batches))), algo.ppo_minibatches if ppo else 1)
+        minibatches = _split(list(range(len(batches))), parts)
         for minibatch in minibatches:
-            share = len(batches) / len(minibatch)  # normalisers count the whole batch; a minibatch is a share
+            # normalisers count the whole batch; a minibatch is a share of it
+            share = len(batches) / len(minibatch) if minibatch else 0.0
             for i in minibatch:
                 mb = batches[i]
                 logprobs, values = _forward(ctx, mb, ppo)
@@ -212,19 +281,48 @@ def optimize(ctx: UpdateContext, batches: list[MicroBatch], max_completion_lengt
                 (loss * share).backward()
                 for key, value in m.items():
                     metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * len(mb.index)
+            distributed.all_reduce_gradients(_trained_parameters(ctx))
             grad_norm = _clip(ctx)
             ctx.optimizer.step()
             ctx.lr_scheduler.step()
             ctx.optimizer.zero_grad(set_to_none=True)
             steps += 1
+    d = torch.cat(diffs) if diffs else torch.zeros(0)
+    if distributed.active():
+        return _global_metrics(metric_sums, d, totals["total_sequences"] * steps, grad_norm, steps)
     metrics = {key: value / (totals["total_sequences"] * steps) for key, value in metric_sums.items()}
     metrics["grad/norm"] = grad_norm
     metrics["train/optimizer_steps"] = float(steps)
-    d = torch.cat(diffs)
     if d.numel():
         metrics["engine/logprob_diff_mean"] = float(d.mean())
         metrics["engine/logprob_diff_max"] = float(d.max())
     return metrics
+
+
+def _global_metrics(
+    metric_sums: dict[str, float], diffs: torch.Tensor, sequence_steps: int, grad_norm: float, steps: int
+) -> dict[str, float]:
+    """:func:`optimize`'s metrics over every rank: sequence-weighted sums added up and divided by the
+    global count, engine/trainer log-prob gaps pooled (mean over all tokens, max of the maxima). The
+    gradient norm is the same on every rank (taken after the all-reduce)."""
+    local = dict(metric_sums)
+    local["diff/sum"] = float(diffs.sum()) if diffs.numel() else 0.0
+    local["diff/count"] = float(diffs.numel())
+    if diffs.numel():
+        local["diff/max"] = float(diffs.max())
+    pooled = distributed.reduce_metrics(local, 1.0, {"*": distributed.SUM, "diff/max": distributed.MAX})
+    metrics = {key: value / sequence_steps for key, value in pooled.items() if not key.startswith("diff/")}
+    metrics["grad/norm"] = grad_norm
+    metrics["train/optimizer_steps"] = float(steps)
+    if pooled["diff/count"]:
+        metrics["engine/logprob_diff_mean"] = pooled["diff/sum"] / pooled["diff/count"]
+        metrics["engine/logprob_diff_max"] = pooled["diff/max"]
+    return metrics
+
+
+def _trained_parameters(ctx: UpdateContext) -> list[torch.nn.Parameter]:
+    """What the optimizer updates (the LoRA matrices, or every weight, and PPO's value head)."""
+    return [p for group in ctx.optimizer.param_groups for p in group["params"] if p.requires_grad]
 
 
 def _split(items: list[int], parts: int) -> list[list[int]]:
