@@ -45,6 +45,11 @@ def test_window_copies_each_block_before_its_characters():
     assert "".join(chars) == task.text
 
 
+def test_window_copies_a_last_block_of_one_character_too():
+    task = LetterTask("abcdefghi", ("a",), (1,), 2)
+    assert trace(task, "window").splitlines()[-2:] == ["[i]", "i"]
+
+
 def test_pieces_copies_each_multi_character_piece_before_its_characters():
     task = LetterTask("strawberry", ("r", "s"), (3, 1), 2)
     lines = trace(task, "pieces", ["str", "aw", "b", "erry"]).splitlines()[1:]
