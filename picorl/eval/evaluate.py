@@ -46,11 +46,10 @@ def evaluate(
             params,
             k=1,
         )
-        if distributed.active():
-            parts = distributed.gather_to_main(episodes)
-            if parts is None:
-                continue
-            episodes = [e for part in parts for e in part]
+        parts = distributed.gather_to_main(episodes)  # [episodes] in one process
+        if parts is None:
+            continue
+        episodes = [e for part in parts for e in part]
         metrics.update(tier_metrics(tier, episodes))
         all_episodes += episodes
     return metrics, all_episodes

@@ -179,9 +179,8 @@ def run_sft(
             loss = -(logprobs * targets).sum() / targets_total  # token mean over the whole batch
             loss.backward()
             loss_sum += loss.item()
-        if distributed.active():
-            distributed.all_reduce_gradients(params)
-            loss_sum = distributed.all_reduce_sum(loss_sum)
+        distributed.all_reduce_gradients(params)  # both no-ops in one process
+        loss_sum = distributed.all_reduce_sum(loss_sum)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
