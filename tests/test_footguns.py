@@ -10,14 +10,17 @@ import pickle
 import torch
 from peft import LoraConfig, get_peft_model
 
+from picorl.algos.config import AlgoConfig
 from picorl.config import Config
 from picorl.engine import EngineConfig, LLMEngine
 from picorl.engine.types import SamplingParams
 from picorl.eval.evaluate import tier_metrics
 from picorl.models import load_model_and_tokenizer
 from picorl.rollout.episodes import Episode
+from picorl.train.batch import MicroBatch
 from picorl.train.logprobs import chosen_token_logprobs
-from picorl.train.update import UpdateContext, _reference_logprobs
+from picorl.train.policy import trained_weights_copy
+from picorl.train.update import UpdateContext, reference_logprobs
 
 PROMPTS = [[5, 9, 12, 7], [3, 3, 8]]
 
@@ -64,28 +67,44 @@ def test_footgun5_accuracy_counts_exact_matches_only():
     assert m["eval/tier6/accuracy"] == 0.1 and m["eval/tier6/format_compliance"] == 1.0
 
 
-def test_kl_reference_is_the_model_without_adapter_and_zero_at_start():
-    """beta > 0 uses the base model (adapter disabled) as reference: no second copy of the weights,
-    and a fresh adapter (B = 0) gives exactly zero KL."""
+def test_kl_reference_is_the_policy_rl_started_from_or_the_base_model():
+    """beta > 0: with kl_reference = start the reference is the policy as RL found it (after SFT it is
+    the SFT policy, not the base model that cannot count), with base it is the adapter switched off.
+    Neither holds a second model, and the policy's own weights are untouched by computing it."""
     model, _ = load_model_and_tokenizer("tiny-qwen3")
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
     ids = torch.tensor([[5, 9, 12, 7, 40, 41, 42]])
     mask = torch.zeros_like(ids, dtype=torch.bool)
     mask[0, 4:] = True
+    batch = MicroBatch([0], ids, torch.ones_like(ids), mask, torch.zeros(ids.shape), torch.zeros(1))
 
-    class Batch:
-        input_ids, attention_mask, action_mask = ids, torch.ones_like(ids), mask
+    def policy() -> torch.Tensor:
+        return chosen_token_logprobs(peft_model, ids, torch.ones_like(ids), mask)
 
-    ctx = UpdateContext(
-        config=Config(), model=peft_model, tokenizer=None, engine=None, make_env=None, optimizer=None,
-        lr_scheduler=None, device=torch.device("cpu"),
-    )  # fmt: skip
-    policy = chosen_token_logprobs(peft_model, ids, torch.ones_like(ids), mask)
-    assert torch.equal(_reference_logprobs(ctx, Batch), policy)
-    with torch.no_grad():
+    def context(kl_reference: str) -> UpdateContext:
+        return UpdateContext(
+            config=Config(algo=AlgoConfig(beta=0.1, kl_reference=kl_reference)), model=peft_model, tokenizer=None,
+            engine=None, make_env=None, optimizer=None, lr_scheduler=None, device=torch.device("cpu"),
+            reference_weights=start,
+        )  # fmt: skip
+
+    with torch.no_grad():  # "SFT": the adapter moves off the base model
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.fill_(0.05)
-    assert not torch.allclose(
-        _reference_logprobs(ctx, Batch), chosen_token_logprobs(peft_model, ids, torch.ones_like(ids), mask)
-    )
+    start, after_sft = trained_weights_copy(peft_model), policy()
+    assert torch.equal(reference_logprobs(context("start"), [batch])[0], after_sft)
+    with peft_model.disable_adapter():
+        base = policy()
+    assert torch.equal(reference_logprobs(context("base"), [batch])[0], base)
+    assert not torch.allclose(base, after_sft)
+
+    with torch.no_grad():  # "RL": the policy moves on; the start reference stays where RL began
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-1)
+    moved = {name: p.detach().clone() for name, p in peft_model.named_parameters()}
+    assert torch.equal(reference_logprobs(context("start"), [batch])[0], after_sft)
+    assert not torch.allclose(policy(), after_sft)
+    for name, p in peft_model.named_parameters():
+        assert torch.equal(p, moved[name]), f"computing the reference changed {name}"

@@ -37,6 +37,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 IMPORTANCE_SAMPLING = ("none", "token", "sequence")
 ZERO_VARIANCE = ("keep", "drop", "dynamic")
+KL_REFERENCES = ("start", "base")
 OVERLONG = ("keep", "mask", "soft_penalty")
 
 # algo -> (scale_rewards, loss_type, num_iterations) used where the field is left at None.
@@ -78,9 +79,13 @@ class AlgoConfig:
         "auto: 1, or 2 for ppo so that ratio clipping acts.",
     )
     beta: float = opt(
-        0.0,
-        "KL penalty coefficient toward the reference policy (k3 estimator; with LoRA the reference is the "
-        "model with the adapter disabled). 0 = off.",
+        0.0, "KL penalty coefficient toward the reference policy (kl_reference; k3 estimator). 0 = off."
+    )
+    kl_reference: str = opt(
+        "start",
+        "The reference policy of the KL penalty (beta > 0): start (the policy RL starts from, i.e. after "
+        "SFT or --init-adapter; costs a copy of the trained weights, kept in checkpoints) or base (the base "
+        "model, the LoRA adapter switched off: no copy, but after SFT it is the model before SFT).",
     )
     importance_sampling: str = opt(
         "token",
@@ -132,6 +137,11 @@ class AlgoConfig:
     )
     ppo_minibatches: int = opt(1, "PPO: optimizer steps per epoch, each on a share of the rollout batch.")
 
+    @property
+    def kl_to_start(self) -> bool:
+        """Whether the KL penalty needs the weights RL started from (a copy kept through checkpoints)."""
+        return self.beta > 0 and self.kl_reference == "start"
+
     def __post_init__(self) -> None:
         choice("algo", self.algo, ALGOS)
         auto_scale, auto_loss, auto_iterations = AUTO[self.algo]
@@ -148,6 +158,7 @@ class AlgoConfig:
         choice("importance_sampling", self.importance_sampling, IMPORTANCE_SAMPLING)
         choice("zero_variance", self.zero_variance, ZERO_VARIANCE)
         choice("overlong", self.overlong, OVERLONG)
+        choice("kl_reference", self.kl_reference, KL_REFERENCES)
         check(
             self.algo not in ("rloo", "ppo") or self.scale_rewards == "none",
             f"scale_rewards={self.scale_rewards!r} has no meaning for algo={self.algo!r}; use scale_rewards=none",

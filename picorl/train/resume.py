@@ -117,6 +117,12 @@ def plan_run(config: Config) -> RunPlan:
         )
     else:
         state = plan.checkpoint.state
+        if state.get("phase") != "sft" and config.algo.kl_to_start and "reference_weights" not in state:
+            raise ValueError(
+                f"{plan.checkpoint.folder} holds no KL reference (its RL phase began with beta = 0 or "
+                "kl_reference = base), so the policy RL started from is not kept: resume with --beta 0 or "
+                "--kl-reference base, or start a new run from its adapter (--init-adapter)"
+            )
         where = f"SFT step {state['sft_step']}" if state.get("phase") == "sft" else f"update {plan.step}"
         plan.notes.append(f"resuming from {plan.checkpoint.folder.name}/ at {where}")
     for key, (old, new) in plan.changes.items():

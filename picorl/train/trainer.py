@@ -45,7 +45,7 @@ from picorl.train.checkpoint import (
 )
 from picorl.train.curriculum import curriculum_tier
 from picorl.train.interrupt import Interrupted, StopRequest
-from picorl.train.policy import make_policy, trainable_parameters
+from picorl.train.policy import make_policy, trainable_parameters, trained_weights_copy
 from picorl.train.resume import RunPlan, check_base, open_run, plan_run
 from picorl.train.sft import DemonstrationStream, demonstration_tokens, run_sft
 from picorl.train.update import UpdateContext, rl_update
@@ -146,6 +146,8 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
                 "log_sizes": log_sizes(run_dir),
                 **sft_state,
             }
+            if ctx.reference_weights is not None:  # the KL reference outlives the run's process
+                state["reference_weights"] = {name: w.cpu() for name, w in ctx.reference_weights.items()}
             if rank_rngs is not None:  # each rank's generators, for a resume on as many ranks
                 state["rank_rng"] = rank_rngs
             save_checkpoint(run_dir, model, tokenizer, base, state)
@@ -172,11 +174,16 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
                 if not config.model.full_finetune and main:  # RL variants can start from it (init_adapter)
                     save_adapter(model, tokenizer, run_dir / "sft_adapter", base)
                 run_eval(0, "sft")
+            if config.algo.kl_to_start:
+                ctx.reference_weights = trained_weights_copy(model)  # the policy RL starts from
             save(0)  # SFT and the step-0 eval are never repeated by a resume
             if distributed.any_rank(stop.requested):
                 raise Interrupted(f"stopped after the step-0 eval; {_last_checkpoint(plan)}")
             if total == 0 and main:
                 refresh_report(run_dir, warn=progress.print)
+        elif config.algo.kl_to_start:  # plan_run checked that the checkpoint holds it
+            saved = checkpoint.state["reference_weights"]
+            ctx.reference_weights = {name: w.to(device) for name, w in saved.items()}
         last_plot = time.monotonic()  # plotting takes seconds: on a GPU that is as long as an update
         curriculum = config.env.curriculum_threshold is not None
         # read by rank 0 (which has cut the logs back on resume), the same on every rank

@@ -28,6 +28,7 @@ from picorl.rollout.episodes import Episode, run_episodes
 from picorl.runtime import train_task_seeds
 from picorl.train.batch import MicroBatch, make_micro_batches
 from picorl.train.logprobs import chosen_token_logprobs
+from picorl.train.policy import weights_swapped
 from picorl.train.step_options import (
     CompiledDecoder,
     TokenBudget,
@@ -54,6 +55,8 @@ class UpdateContext:
     value_head: torch.nn.Module | None = None
     token_budget: TokenBudget = field(default_factory=TokenBudget)  # micro_batch_tokens = 0
     compiled_decoder: CompiledDecoder = field(default_factory=CompiledDecoder)  # compile_train
+    # kl_reference = "start": the trained weights as RL found them (the trainer copies them at RL's start)
+    reference_weights: dict[str, torch.Tensor] | None = None
 
 
 def collect(
@@ -241,7 +244,7 @@ def optimize(ctx: UpdateContext, batches: list[MicroBatch], max_completion_lengt
         # Old log-probs are needed once the policy moves within an update; with one step they are
         # the current log-probs, detached, so the ratio is exactly 1 and no extra forward is spent.
         stored = [_forward(ctx, mb, ppo) for mb in batches] if algo.num_iterations > 1 or ppo else None
-        refs = [_reference_logprobs(ctx, mb) for mb in batches] if algo.beta > 0 else [None] * len(batches)
+        refs = reference_logprobs(ctx, batches) if algo.beta > 0 else [None] * len(batches)
         targets = [_gae(ctx, mb, values) for mb, (_, values) in zip(batches, stored)] if ppo else None
 
     metric_sums: dict[str, float] = {}
@@ -339,16 +342,30 @@ def _clip(ctx: UpdateContext) -> float:
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
 
 
-def _reference_logprobs(ctx: UpdateContext, mb: MicroBatch) -> torch.Tensor:
-    """Log-probs under the reference policy: the same model with the LoRA adapter disabled, so the
-    KL penalty needs no second copy of the weights."""
-    disable = getattr(ctx.model, "disable_adapter", None)
-    if disable is None:
-        raise ValueError("beta > 0 needs a reference policy: use LoRA (the base model is the reference)")
-    with disable():
+def reference_logprobs(ctx: UpdateContext, batches: list[MicroBatch]) -> list[torch.Tensor]:
+    """Each micro-batch's log-probs under the KL penalty's reference policy (``kl_reference``): the
+    policy RL started from (its weights swapped in for the duration), or the base model (the same
+    modules with the LoRA adapter disabled). Either way no second model is held."""
+    algo = ctx.config.algo
+
+    def logprobs(mb: MicroBatch) -> torch.Tensor:
         return chosen_token_logprobs(
             ctx.model, mb.input_ids, mb.attention_mask, mb.action_mask, ctx.config.rollout.temperature
         )
+
+    if algo.kl_reference == "start":
+        if ctx.reference_weights is None:
+            raise ValueError("kl_reference = start needs the weights RL started from (UpdateContext.reference_weights)")
+        with weights_swapped(ctx.model, ctx.reference_weights):
+            return [logprobs(mb) for mb in batches]
+    disable = getattr(ctx.model, "disable_adapter", None)
+    if disable is None:
+        raise ValueError(
+            "kl_reference = base needs a LoRA policy (the base model is the policy with its adapter off); "
+            "with full_finetune use kl_reference = start"
+        )
+    with disable():
+        return [logprobs(mb) for mb in batches]
 
 
 def _gae(ctx: UpdateContext, mb: MicroBatch, values: torch.Tensor):

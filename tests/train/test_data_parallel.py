@@ -5,7 +5,8 @@ One process reproduces the 2-rank run's batch by rolling out rank 0's share and 
 (``collect(ctx, update, rank, 2)``: each rank's engine call is seeded by its first task seed, so
 the samples depend on how the batch is split) and updating on all of them at once. The rewards of a
 random tiny model are all 0, so GRPO's policy gradient is 0; SFT (split across ranks too) moves the
-adapter off the base model, and a KL penalty to it (``--beta``) then gives every update a gradient.
+adapter off the base model, and a KL penalty to the base model (``--beta``, ``--kl-reference base``)
+then gives every update a gradient.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 SETTINGS = [
     "--model", "tiny-qwen3", "--k", "4", "--num-tasks", "2", "--max-tokens", "12", "--eval-num-tasks", "3",
     "--eval-tiers", "1", "--sft-steps", "2", "--sft-batch-size", "2", "--micro-batch-size", "4",
-    "--beta", "0.1", "--samples-every", "1", "--plot-interval-s", "1000",
+    "--beta", "0.1", "--kl-reference", "base", "--samples-every", "1", "--plot-interval-s", "1000",
 ]  # fmt: skip
 # what each process measures of itself (train/micro_batches: how a rank split its share)
 NOT_COMPARED = ("time/", "engine/tokens_per_s", "memory/", "train/micro_batches")

@@ -127,6 +127,46 @@ def test_safe_changes_are_allowed_recorded_and_take_effect(tmp_path):
     assert train_rows[1]["lr"] == pytest.approx(1e-5 * min(1.0, (position + 1) / 3), rel=1e-9)
 
 
+def test_kl_reference_is_the_start_policy_and_is_kept_through_a_resume(tmp_path):
+    """--beta with kl_reference = start: the policy is its own reference when RL begins (KL exactly 0;
+    to the base model it is not, since SFT moved the adapter), the checkpoint keeps that reference,
+    and a resumed run measures KL to the saved one, not to a fresh copy of its weights."""
+    kl = ["--sft-steps", "2", "--beta", "0.1"]
+    assert train(tmp_path, "--name", "start", *kl, "--num-updates", "1") == 0
+    assert train(tmp_path, "--name", "base", *kl, "--kl-reference", "base", "--num-updates", "1") == 0
+
+    def kl_rows(run: str) -> list[float]:
+        return [r["kl/mean"] for r in read_jsonl(tmp_path / run / "metrics.jsonl") if r["kind"] == "train"]
+
+    assert kl_rows("start") == [0.0]
+    assert kl_rows("base")[0] > 1e-6
+
+    checkpoint = latest_checkpoint(tmp_path / "start")[0]
+    reference = checkpoint.state["reference_weights"]
+    sft = load_file(tmp_path / "start" / "sft_adapter" / "adapter_model.safetensors")
+    assert {name.replace(".default", "") for name in reference} == set(sft)
+    for name, value in reference.items():
+        torch.testing.assert_close(value, sft[name.replace(".default", "")])
+
+    # the saved reference, set to the base model's (B = 0), is what the resumed update is measured against
+    state_file = checkpoint.folder / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    state["reference_weights"] = {k: v.zero_() if "lora_B" in k else v for k, v in reference.items()}
+    torch.save(state, state_file)
+    assert train(tmp_path, "--name", "start", *kl, "--num-updates", "2", "--resume") == 0
+    assert kl_rows("start")[0] == 0.0 and kl_rows("start")[1] == pytest.approx(kl_rows("base")[0], rel=0.5)
+
+
+def test_resume_with_a_kl_to_a_start_policy_the_checkpoint_lacks_is_refused(tmp_path, capsys):
+    assert train(tmp_path, "--name", "r", "--sft-steps", "0", "--num-updates", "1") == 0
+    before = snapshot(tmp_path / "r")
+    assert train(tmp_path, "--name", "r", "--resume", "--num-updates", "2", "--beta", "0.1") == 2
+    err = capsys.readouterr().err
+    assert "holds no KL reference" in err and "--kl-reference base" in err and "Traceback" not in err
+    assert snapshot(tmp_path / "r") == before
+    assert train(tmp_path, "--name", "r", "--resume", "--num-updates", "2", "--beta", "0.1", "--kl-reference", "base") == 0
+
+
 # --- kills and Ctrl-C -----------------------------------------------------------------------------------
 
 
