@@ -188,6 +188,9 @@ def main() -> None:
         "--no-fuse-projections", action="store_true", help="one GEMM per projection (q, k, v, gate, up)"
     )
     parser.add_argument(
+        "--no-stack-adapters", action="store_true", help="with --lora-rank: each PEFT layer adds its own adapter"
+    )
+    parser.add_argument(
         "--no-run-ahead", action="store_true", help="wait for each step's tokens before the next step"
     )
     args = parser.parse_args()
@@ -209,6 +212,7 @@ def main() -> None:
         fused_sampling=not args.no_fused_sampling,
         run_ahead=not args.no_run_ahead,
         fuse_projections=not args.no_fuse_projections,
+        stack_adapters=not args.no_stack_adapters,
     )
     engine = LLMEngine(model, config=config)
     spec = engine.spec

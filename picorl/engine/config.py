@@ -38,6 +38,9 @@ class EngineConfig:
     # lay each layer's q/k/v (and gate/up) weights out in one buffer, still the trainer's parameters,
     # so one GEMM computes them (``picorl.engine.layers.fused_linear``)
     fuse_projections: bool = True
+    # with fuse_projections: a group's LoRA adapters as two GEMMs over stacked copies of their weights,
+    # refreshed each generate, instead of two per adapter (``fused_linear.StackedLora``)
+    stack_adapters: bool = True
     run_ahead: bool = True  # launch decode step t+1 before step t's tokens reach the host (step_loop)
     fused_sampling: bool = True  # one-pass Triton sampler on CUDA (without top-k / top-p)
     decode_attention: str = "auto"  # auto (Triton on CUDA when importable, else torch) | triton | torch

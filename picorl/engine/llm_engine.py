@@ -55,6 +55,7 @@ class LLMEngine:
             decode_attention_backend(self.config.decode_attention, self.spec.device),
             compiled_steps(self.config.compile_mode) if self.use_compile else None,
             fuse_projections=self.config.fuse_projections,
+            stack_adapters=self.config.stack_adapters,
         )
         self.use_cuda_graphs = self._resolve_cuda_graphs()
         self.builder: DecodeInputBuilder | None = None
@@ -261,8 +262,7 @@ class LLMEngine:
     def _ensure_graphs(self) -> None:
         if not self.use_cuda_graphs:
             return
-        fused = tuple((f.qkv is not None, f.gate_up is not None) for f in self.runner.fusion)
-        signature = (self.kv.data_ptr, weights_signature(self.spec.lm), fused)
+        signature = (self.kv.data_ptr, weights_signature(self.spec.lm), self.runner.fusion_signature())
         if self.graphs is not None and signature == self.graphs_signature:
             return
         self.graphs = None

@@ -60,13 +60,16 @@ def test_logprobs_equal_a_forward_pass(arch, tiny_model, random_prompts, hf_logp
             torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
 
 
-def test_peft_lora_model_equals_transformers_generate(tiny_model, random_prompts, hf_greedy) -> None:
+@pytest.mark.parametrize("stack_adapters", [True, False])
+def test_peft_lora_model_equals_transformers_generate(tiny_model, random_prompts, hf_greedy, stack_adapters) -> None:
     model = get_peft_model(
         tiny_model("qwen3"), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
     )
     prompts = random_prompts([6, 11])
-    engine = LLMEngine(model, None, EngineConfig(**CONFIG))
+    engine = LLMEngine(model, None, EngineConfig(**CONFIG, stack_adapters=stack_adapters))
     out = engine.generate(prompts, SamplingParams(max_tokens=16, temperature=0))
+    stacks = [f.lora for layer in engine.runner.fusion for f in (layer.qkv, layer.gate_up)]
+    assert all((s is not None) == stack_adapters for s in stacks)
     base = tiny_model("qwen3")  # same seed: the model without the adapter
     differs = False
     for prompt, (completion,) in zip(prompts, out):

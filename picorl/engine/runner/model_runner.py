@@ -2,14 +2,15 @@
 
 Nothing is copied or renamed: each decoder layer's own ``input_layernorm``, ``q/k/v_proj`` (and
 ``q_norm``/``k_norm``), ``o_proj``, ``post_attention_layernorm`` and ``mlp`` are called, then the
-final ``norm`` and ``lm_head``. PEFT LoRA layers among them run unmerged, exactly as in training, and
-an optimizer step on any weight shows in the next call. Only attention (with the model's own rotary
+final ``norm`` and ``lm_head``. PEFT LoRA layers among them run unmerged, as in training, and an
+optimizer step on any weight shows in the next generate. Only attention (with the model's own rotary
 module) is done here, against the paged KV cache. The module calls between two attention calls are
 grouped in ``pre_attention`` / ``post_attention`` so that they can be compiled as a unit
 (``picorl.engine.runner.compiled``): the modules and their parameters stay the model's own either way.
 With ``fuse_projections``, q/k/v and gate/up each run as one GEMM over a buffer that their weights
 were re-homed into (``picorl.engine.layers.fused_linear``: still the trainer's parameters, not copies),
-plus each LoRA layer's own adapters.
+plus the group's LoRA adapters as two more GEMMs (copies of the adapter weights, refreshed before
+each generate).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from picorl.engine.layers.fused_linear import (
     fuse_weights,
     fused_forward,
     is_intact,
+    stack_adapters,
 )
 from picorl.engine.memory.kv_cache import KVCache
 from picorl.engine.runner.architecture import ModelSpec
@@ -61,11 +63,13 @@ class ModelRunner:
         decode_attention: DecodeAttention,
         steps: LayerSteps | None = None,
         fuse_projections: bool = False,
+        stack_adapters: bool = True,
     ) -> None:
         self.spec = spec
         self.decode_attention = decode_attention
         self.steps = steps or LayerSteps()
         self.fuse_projections = fuse_projections
+        self.stack_adapters = stack_adapters
         self.buffers: list[list[FusedWeights | None]] = []  # per layer: q/k/v, gate/up (fused_linear)
         self.fusion = [LayerFusion() for _ in range(spec.num_layers)]
 
@@ -84,8 +88,23 @@ class ModelRunner:
                 fused = self.buffers[i][g]
                 if fused is None or not is_intact(fused, modules):
                     self.buffers[i][g] = fused = fuse_weights(modules)
-                usable.append(fused if fused is not None and adapters_supported(modules) else None)
+                if fused is not None and adapters_supported(modules):
+                    # this generate's adapter values (None: each PEFT layer adds its own)
+                    fused.lora = stack_adapters(fused, modules) if self.stack_adapters else None
+                    usable.append(fused)
+                else:
+                    usable.append(None)
             self.fusion[i] = LayerFusion(*usable)
+
+    def fusion_signature(self) -> tuple:
+        """Changes when a CUDA graph captured over the fused groups would read stale buffers."""
+        return tuple(
+            None
+            if f is None
+            else (f.weight.data_ptr(), None if f.lora is None else (f.lora.a.data_ptr(), f.lora.b.data_ptr()))
+            for fusion in self.fusion
+            for f in (fusion.qkv, fusion.gate_up)
+        )
 
     def prefill(self, seqs: list[Sequence], kv: KVCache) -> torch.Tensor:
         """Run every token of each sequence from position 0, filling its blocks; returns the logits

@@ -1,6 +1,6 @@
 """picorl.engine.layers.fused_linear: re-homing the trainer's q/k/v and gate/up weights into one buffer,
-checked against the modules' own forwards (plain, Qwen2 biases, PEFT LoRA in fp32 and bf16), training
-through the re-homed parameters, and save/load."""
+checked against the modules' own forwards (plain, Qwen2 biases, PEFT LoRA in fp32 and bf16, the
+adapters stacked into two GEMMs per group), training through the re-homed parameters, and save/load."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from picorl.engine.layers.fused_linear import (
     fuse_weights,
     fused_forward,
     is_intact,
+    stack_adapters,
 )
 
 
@@ -252,3 +253,88 @@ def test_save_pretrained_after_fusing_round_trips(tiny_model, tmp_path):
     assert expected.keys() == got.keys()
     for name, tensor in expected.items():
         assert torch.equal(got[name], tensor), name
+
+
+def stacked(fused):
+    """Each group with its adapters stacked as the engine does before a generate."""
+    for f, group in fused:
+        f.lora = stack_adapters(f, group)
+    return fused
+
+
+def test_stacked_adapters_match_peft_in_every_adapter_state(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen2", lora_dropout=0.1).eval()  # eval: dropout is the identity
+    # a second adapter on q_proj only: k/v list it as active but have no weights for it
+    peft_model.add_adapter("q_only", LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    peft_model.base_model.set_adapter(["default", "q_only"])
+    x = inputs()
+
+    def check(expect_stack: bool) -> None:
+        for f, group in stacked(fuse_all(peft_model)):
+            assert (f.lora is not None) == expect_stack
+            for out, module in zip(fused_forward(f, group, x), group):
+                torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+
+    check(expect_stack=True)
+    f, group = stacked(fuse_all(peft_model))[0]
+    assert [(i, name, r) for i, name, r in f.lora.layout] == [(0, "default", 4), (0, "q_only", 2), (1, "default", 4), (2, "default", 4)]
+    assert f.lora.a.shape == (14, 64) and f.lora.b.shape == (sum(f.sizes), 14)
+    with peft_model.disable_adapter():
+        check(expect_stack=False)  # nothing adds: the plain fused GEMM
+    q_proj = projection_groups(peft_model)[0][0]
+    q_proj.merge()  # q's adapters now live in its weight; k's and v's still add
+    f, group = stacked(fuse_all(peft_model))[0]
+    assert [i for i, _, _ in f.lora.layout] == [1, 2]
+    for out, module in zip(fused_forward(f, group, x), group):
+        torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_adapters_where_only_some_projections_have_lora(tiny_model):
+    model = tiny_model("qwen3")
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    )
+    x = inputs()
+    for f, group in stacked(fuse_all(peft_model)):
+        assert f.lora is not None
+        outs = fused_forward(f, group, x)
+        for out, module in zip(outs, group):
+            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+        plain = [i for i, m in enumerate(group) if type(m) is nn.Linear]  # k_proj, gate_proj: zero rows
+        rows = [sum(f.sizes[:i]) for i in plain]
+        assert all(not f.lora.b[r : r + f.sizes[i]].any() for r, i in zip(rows, plain))
+
+
+def test_stacked_adapters_follow_a_training_step_in_place(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen3")
+    fused = stacked(fuse_all(peft_model))
+    pointers = [(f.lora.a.data_ptr(), f.lora.b.data_ptr()) for f, _ in fused]
+    x = inputs()
+    train_step(peft_model)
+    f, group = fused[0]
+    stale = fused_forward(f, group, x)[0]
+    assert not torch.allclose(stale, group[0](x), atol=1e-4), "the stack is a copy: stale until refreshed"
+    stacked(fused)  # what the engine does before each generate
+    assert [(f.lora.a.data_ptr(), f.lora.b.data_ptr()) for f, _ in fused] == pointers  # graphs stay valid
+    for f, group in fused:
+        for out, module in zip(fused_forward(f, group, x), group):
+            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_adapters_keep_the_adapter_dtype_on_a_bf16_model(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen3", torch.bfloat16)
+    x = inputs(torch.bfloat16)
+    for f, group in stacked(fuse_all(peft_model)):
+        assert f.lora.a.dtype == torch.float32 and f.lora.b.dtype == torch.float32
+        for out, module in zip(fused_forward(f, group, x), group):
+            assert out.dtype == torch.bfloat16
+            torch.testing.assert_close(out, module(x), rtol=2e-2, atol=2e-2)
+
+
+def test_stacked_forward_traces_in_one_graph(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen2")
+    f, group = stacked(fuse_all(peft_model))[0]
+    compiled = torch.compile(lambda x: fused_forward(f, group, x), backend="eager", fullgraph=True)
+    x = inputs()
+    for out, module in zip(compiled(x), group):
+        torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
