@@ -358,6 +358,11 @@ def check_across_sections(config: Config) -> None:
         "always has zero variance); use --zero-variance keep or --k 2 or more",
     )
     check(
+        not (algo.beta > 0 and algo.kl_reference == "base" and config.model.full_finetune),
+        "kl_reference = base is the LoRA policy with its adapter switched off, and a full fine-tune has no "
+        "adapter: use --kl-reference start (a copy of the weights RL starts from) or --beta 0",
+    )
+    check(
         k >= 2 or algo.scale_rewards != "group",
         "k = 1 with scale_rewards = group divides by the std of one sample (0); use --scale-rewards batch or none",
     )

@@ -44,6 +44,11 @@ def test_saved_config_round_trips(tmp_path):
         ({"train": {"k": 3}}, "belongs in [rollout]"),
         ({"nope": {}}, "unknown config section"),
         ({"model": {"dtype": "int3"}}, "dtype must be"),
+        ({"algo": {"kl_reference": "sft"}}, "kl_reference must be"),
+        (
+            {"model": {"full_finetune": True}, "algo": {"beta": 0.1, "kl_reference": "base"}},
+            "a full fine-tune has no adapter: use --kl-reference start",
+        ),
     ],
 )
 def test_bad_config_gives_clear_error(overrides, message):
