@@ -97,11 +97,11 @@ class ModelRunner:
             self.fusion[i] = LayerFusion(*usable)
 
     def fusion_signature(self) -> tuple:
-        """Changes when a CUDA graph captured over the fused groups would read stale buffers."""
+        """Changes when a CUDA graph captured over the fused groups would be stale: a group fused or
+        not, its adapters stacked into other buffers (the fused weights' own pointers are parameters',
+        which ``weights_signature`` covers)."""
         return tuple(
-            None
-            if f is None
-            else (f.weight.data_ptr(), None if f.lora is None else (f.lora.a.data_ptr(), f.lora.b.data_ptr()))
+            (f is not None, None if f is None or f.lora is None else (f.lora.a.data_ptr(), f.lora.b.data_ptr()))
             for fusion in self.fusion
             for f in (fusion.qkv, fusion.gate_up)
         )
