@@ -2,10 +2,16 @@
 
 Speed does not depend on weight values, so the model is SmolLM2-135M's shape with random bf16 weights
 (or a real model with ``--model``); the demonstrations are real (the env's trace format, tokenized by
-the tokenizer given). Prints one line per variant and a last parseable line, e.g.
+the tokenizer given). Variants (``--variants``, each run at every ``--micro-batch-tokens`` value):
+``lora`` (PEFT LoRA, fp32 adapters), ``lora_ckpt`` (with gradient checkpointing), ``lora_bf16`` (the
+``sft_autocast`` option: bf16 autocast, adapter products in bf16), ``full`` (every weight, bf16).
+Prints one line per variant (tokens/s, seconds a step, peak GPU memory) and a last parseable line, e.g.
 
     PYTHONPATH=. python benchmarks/sft_step.py --tokenizer ~/.cache/picorl/smollm2-135m/tokenizer
-    ... sft_tokens_per_s_lora=... sft_tokens_per_s_full=...
+    ... sft_tokens_per_s_lora=... sft_tokens_per_s_lora_ckpt=... sft_tokens_per_s_full=...
+    PYTHONPATH=. python benchmarks/sft_step.py --tokenizer ... --cot pieces --variants lora,lora_bf16 \
+        --micro-batch-tokens 16384 65536
+    ... sft_tokens_per_s_lora_16384=... sft_tokens_per_s_lora_65536=... sft_tokens_per_s_lora_bf16_16384=...
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 from picorl.config import ModelConfig
 from picorl.envs import make_env
 from picorl.models import load_model_and_tokenizer
+from picorl.runtime import token_pieces
 from picorl.train.policy import make_policy
 from picorl.train.sft import DemonstrationStream, demonstration_tokens, run_sft
 
@@ -41,9 +48,19 @@ def build(args, full: bool, checkpointing: bool):
     return make_policy(model, config), tokenizer
 
 
-def measure(args, full: bool, checkpointing: bool) -> float:
+VARIANTS = {  # name: (full fine-tune, gradient checkpointing, bf16 autocast)
+    "lora": (False, False, False),
+    "lora_ckpt": (False, True, False),
+    "lora_bf16": (False, False, True),
+    "full": (True, False, False),
+}
+
+
+def measure(args, variant: str, micro_batch_tokens: int) -> float:
+    full, checkpointing, autocast = VARIANTS[variant]
     model, tokenizer = build(args, full, checkpointing)
-    envs = {t: make_env("letter_counting", difficulty=[t], cot=args.cot) for t in args.tiers}
+    extra = {"text_pieces": token_pieces(tokenizer)} if args.cot == "pieces" else {}
+    envs = {t: make_env("letter_counting", difficulty=[t], cot=args.cot, **extra) for t in args.tiers}
 
     def demonstrate(tier, seed):
         return demonstration_tokens(tokenizer, envs[tier].demonstration(seed))
@@ -52,16 +69,20 @@ def measure(args, full: bool, checkpointing: bool) -> float:
         demonstrate, args.tiers, steps=args.steps, batch_size=args.batch_size, curriculum=False
     )
     rows: list[dict] = []
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     run_sft(model, tokenizer, stream, lr=1e-4, device=args.device, log=lambda s, m: rows.append(m),
-            micro_batch_tokens=args.micro_batch_tokens)  # fmt: skip
+            micro_batch_tokens=micro_batch_tokens, autocast=autocast)  # fmt: skip
     rates = [r["sft/tokens_per_s"] for r in rows[3:]]  # the first steps pay for allocator warm-up
     rate = statistics.median(rates)
     pad = statistics.mean(r["sft/pad_fraction"] for r in rows)
-    label = ("full" if full else f"lora r={args.lora_rank}") + (" +ckpt" if checkpointing else "")
     length = statistics.mean(len(d.ids) for s in range(args.steps) for d in stream.batch(s))
-    print(f"{label:16s} {rate:10,.0f} tok/s  ({args.batch_size} x ~{length:.0f} tokens a step, "
-          f"padding {pad:.2f})", flush=True)  # fmt: skip
-    if args.profile and not full and not checkpointing:
+    step_s = args.batch_size * length / rate
+    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else float("nan")
+    print(f"{variant:10s} micro {micro_batch_tokens:>7,} {rate:10,.0f} tok/s  {step_s:.3f} s a step  "
+          f"peak {peak:.1f} GiB  ({args.batch_size} x ~{length:.0f} tokens a step, padding {pad:.2f})",
+          flush=True)  # fmt: skip
+    if args.profile and variant == "lora":
         profile(model, tokenizer, stream, args.device)
     del model
     if args.device == "cuda":
@@ -92,16 +113,26 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--lora-rank", type=int, default=32)
-    parser.add_argument("--micro-batch-tokens", type=int, default=16384)
+    parser.add_argument("--micro-batch-tokens", type=int, nargs="+", default=[16384],
+                        help="padded tokens per forward/backward; several values: each variant at each")
+    parser.add_argument("--variants", default="lora,lora_ckpt,full",
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     if not args.model and not args.tokenizer:
         parser.error("give --tokenizer (random SmolLM2 shape) or --model")
-    lora = measure(args, full=False, checkpointing=False)
-    lora_ckpt = measure(args, full=False, checkpointing=True)
-    full = measure(args, full=True, checkpointing=False)
-    print(f"sft_tokens_per_s_lora={lora:.0f} sft_tokens_per_s_lora_ckpt={lora_ckpt:.0f} sft_tokens_per_s_full={full:.0f}")
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    several = len(args.micro_batch_tokens) > 1
+    results = {
+        f"sft_tokens_per_s_{v}" + (f"_{m}" if several else ""): measure(args, v, m)
+        for v in variants
+        for m in args.micro_batch_tokens
+    }
+    print(" ".join(f"{key}={rate:.0f}" for key, rate in results.items()))
 
 
 if __name__ == "__main__":

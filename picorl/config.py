@@ -212,6 +212,11 @@ class SFTConfig:
     sft_micro_batch_tokens: int = opt(
         16384, "Padded tokens per SFT forward/backward; larger batches are split, gradients summed."
     )
+    sft_autocast: bool = opt(
+        False,
+        "Run SFT's forward and backward under bf16 autocast, the LoRA adapter products included (as "
+        "train_autocast does for RL); the optimizer keeps fp32 adapter weights. For GPUs; off by default.",
+    )
 
     def __post_init__(self) -> None:
         check(self.sft_steps is None or self.sft_steps >= 0, f"sft_steps must be >= 0, got {self.sft_steps}")

@@ -32,6 +32,8 @@ from picorl.rollout.episodes import render_prompt
 from picorl.runtime import SFT_SEEDS_START
 from picorl.train.logprobs import chosen_token_logprobs
 from picorl.train.policy import trainable_parameters
+from picorl.train.step_options import adapter_input_casts_off
+from picorl.train.step_options import autocast as bf16_autocast
 
 BUCKET_STEPS = 16  # steps whose demonstrations are length-sorted together
 
@@ -141,6 +143,7 @@ def run_sft(
     start_step: int = 0,
     optimizer_state: dict | None = None,
     after_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    autocast: bool = False,
 ) -> float:
     """Train on the reply tokens of ``stream``'s batches for its steps; ``log(step, metrics)`` after
     each (1-based step; ``sft/loss``, ``sft/tokens_per_s``, ``sft/lr``, ``sft/pad_fraction``,
@@ -150,6 +153,8 @@ def run_sft(
     Resuming: ``start_step`` steps already done and the optimizer's ``optimizer_state`` then; a step's
     batch depends on its number only, so a resumed SFT trains on what an uninterrupted one would.
     ``after_step(step, optimizer)`` runs after each step (the trainer's checkpoints and Ctrl-C).
+    ``autocast``: the decoder's forward and backward under bf16 autocast, LoRA adapters included (as
+    ``train_autocast`` does for RL's train phase; the optimizer keeps the fp32 adapter weights).
 
     Under torchrun every rank builds the same batch and trains on its contiguous slice of it; the loss
     is still divided by the whole batch's target tokens, and the gradients are summed over ranks, so the
@@ -160,42 +165,53 @@ def run_sft(
         optimizer.load_state_dict(optimizer_state)
     model.train()
     loss_value = float("nan")
-    for step in range(start_step, stream.steps):
-        t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr * sft_lr_factor(step, stream.steps)
-        batch = stream.batch(step)
-        targets_total = sum(len(d.ids) - d.reply_start for d in batch)
-        longest = max(len(d.ids) for d in batch)
-        per_micro = max(1, micro_batch_tokens // longest)
-        loss_sum = 0.0
-        mine = distributed.shard(batch)  # the whole batch in one process
-        for j in range(0, len(mine), per_micro):
-            chunk = mine[j : j + per_micro]
-            input_ids, attention, targets = sft_batch(
-                [(d.ids, d.reply_start) for d in chunk], tokenizer.pad_token_id, device
-            )
-            logprobs = chosen_token_logprobs(model, input_ids, attention, targets)
-            loss = -(logprobs * targets).sum() / targets_total  # token mean over the whole batch
-            loss.backward()
-            loss_sum += loss.item()
-        distributed.all_reduce_gradients(params)  # both no-ops in one process
-        loss_sum = distributed.all_reduce_sum(loss_sum)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss_sum
-        tokens = sum(len(d.ids) for d in batch)
-        log(
-            step + 1,
-            {
-                "sft/loss": loss_value,
-                "sft/lr": optimizer.param_groups[0]["lr"],
-                "sft/tokens_per_s": tokens / (time.perf_counter() - t0),
-                "sft/pad_fraction": 1 - tokens / (longest * len(batch)),
-                "sft/mean_tier": sum(d.tier for d in batch) / len(batch),
-            },
+    device = torch.device(device)
+    with adapter_input_casts_off(model, autocast):
+        for step in range(start_step, stream.steps):
+            loss_value = _sft_step(model, tokenizer, stream, optimizer, params, step, lr, device,
+                                   micro_batch_tokens, autocast, log)  # fmt: skip
+            if after_step is not None:
+                after_step(step + 1, optimizer)
+    return loss_value
+
+
+def _sft_step(model, tokenizer, stream, optimizer, params, step: int, lr: float, device, micro_batch_tokens: int,
+              autocast: bool, log) -> float:
+    """One step of :func:`run_sft`: its batch's micro-batches, the optimizer step, the log row; the loss."""
+    t0 = time.perf_counter()
+    for group in optimizer.param_groups:
+        group["lr"] = lr * sft_lr_factor(step, stream.steps)
+    batch = stream.batch(step)
+    targets_total = sum(len(d.ids) - d.reply_start for d in batch)
+    longest = max(len(d.ids) for d in batch)
+    per_micro = max(1, micro_batch_tokens // longest)
+    loss_sum = torch.zeros((), device=device)  # read once a step: a read per micro-batch waits for the GPU
+    mine = distributed.shard(batch)  # the whole batch in one process
+    for j in range(0, len(mine), per_micro):
+        chunk = mine[j : j + per_micro]
+        input_ids, attention, targets = sft_batch(
+            [(d.ids, d.reply_start) for d in chunk], tokenizer.pad_token_id, device
         )
-        if after_step is not None:
-            after_step(step + 1, optimizer)
+        logprobs = chosen_token_logprobs(
+            model, input_ids, attention, targets, autocast=bf16_autocast(autocast, device)
+        )
+        loss = -(logprobs * targets).sum() / targets_total  # token mean over the whole batch
+        loss.backward()
+        loss_sum += loss.detach()
+    distributed.all_reduce_gradients(params)  # both no-ops in one process
+    loss_value = distributed.all_reduce_sum(loss_sum.item())
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tokens = sum(len(d.ids) for d in batch)
+    log(
+        step + 1,
+        {
+            "sft/loss": loss_value,
+            "sft/lr": optimizer.param_groups[0]["lr"],
+            "sft/tokens_per_s": tokens / (time.perf_counter() - t0),
+            "sft/pad_fraction": 1 - tokens / (longest * len(batch)),
+            "sft/mean_tier": sum(d.tier for d in batch) / len(batch),
+        },
+    )
     return loss_value

@@ -290,9 +290,11 @@ def supervised_stage(
     t0 = time.perf_counter()
     final = run_sft(
         ctx.model, ctx.tokenizer, stream, lr=sft.sft_lr, device=ctx.device, log=log,
-        micro_batch_tokens=sft.sft_micro_batch_tokens, **resume,
+        micro_batch_tokens=sft.sft_micro_batch_tokens, autocast=sft.sft_autocast, **resume,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
+    if ctx.device.type == "cuda":  # SFT's cached activation blocks, for the engine and RL's own sizing
+        torch.cuda.empty_cache()
     logger.log_sft(sft.sft_steps, {"sft/final_loss": final, "time/sft_s": seconds})
     progress.print(f"SFT: {sft.sft_steps} steps in {seconds:.0f} s, final loss {final:.3f}")
 

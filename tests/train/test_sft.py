@@ -101,3 +101,23 @@ def test_lr_warms_up_then_decays_to_a_tenth():
     assert factors[:peak] == sorted(factors[:peak])
     assert factors[peak:] == sorted(factors[peak:], reverse=True)
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_autocast_sft_takes_the_fp32_step_within_bf16_rounding():
+    """sft_autocast runs the adapters in bf16: the step it takes points where the fp32 one does, and
+    PEFT's input casts are back on afterwards (the engine's eager adapters need them)."""
+    import torch
+
+    moves = []
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        model, tokenizer = load_model_and_tokenizer("tiny-qwen3")
+        model = make_policy(model, ModelConfig(lora_rank=4, gradient_checkpointing=False))
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        run_sft(model, tokenizer, _stream(tokenizer, [2], steps=1, batch_size=4), lr=1e-3, device="cpu",
+                log=lambda *_: None, autocast=autocast)  # fmt: skip
+        moves.append(torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters() if n in before]))
+        assert all(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules())
+    assert moves[0].abs().max() > 0  # the step moved the adapters at all
+    assert not torch.equal(moves[0], moves[1])  # and autocast did change the arithmetic
+    assert torch.nn.functional.cosine_similarity(moves[0], moves[1], dim=0) > 0.99
