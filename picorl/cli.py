@@ -1,4 +1,4 @@
-"""The ``picorl`` command: ``picorl train``, ``eval``, ``report`` and ``export``.
+"""The ``picorl`` command: ``picorl train``, ``eval``, ``report``, ``export`` and ``compare``.
 
 Every config field is a flag (see :mod:`picorl.config`); ``--config FILE`` loads a TOML file first
 and flags override it.
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # per-tensor loading bars drown the run's own progress lines
     try:
-        if args.command in ("report", "export"):
+        if args.command in ("report", "export", "compare"):
             run_tool(args)
             return 0
         if args.command == "eval" and args.run:
