@@ -62,8 +62,8 @@ def measure(args, variant: str, micro_batch_tokens: int) -> float:
     extra = {"text_pieces": token_pieces(tokenizer)} if args.cot == "pieces" else {}
     envs = {t: make_env("letter_counting", difficulty=[t], cot=args.cot, **extra) for t in args.tiers}
 
-    def demonstrate(tier, seed):
-        return demonstration_tokens(tokenizer, envs[tier].demonstration(seed))
+    def demonstrate(tasks):
+        return demonstration_tokens(tokenizer, [envs[tier].demonstration(seed) for tier, seed in tasks])
 
     stream = DemonstrationStream(
         demonstrate, args.tiers, steps=args.steps, batch_size=args.batch_size, curriculum=False

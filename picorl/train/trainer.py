@@ -274,9 +274,10 @@ def supervised_stage(
     sft = config.sft
     envs = {tier: env_factory(config, [tier], ctx.tokenizer)() for tier in sft.sft_tiers}
 
-    def demonstrate(tier: int, seed: int) -> tuple[list[int], int]:
-        env = envs[tier]
-        return demonstration_tokens(ctx.tokenizer, env.demonstration(seed), **env.chat_template_kwargs)
+    def demonstrate(tasks: list[tuple[int, int]]) -> list[tuple[list[int], int]]:
+        chats = [envs[tier].demonstration(seed) for tier, seed in tasks]
+        template_kwargs = next(iter(envs.values())).chat_template_kwargs  # one env config, every tier
+        return demonstration_tokens(ctx.tokenizer, chats, **template_kwargs)
 
     def log(step: int, metrics: dict[str, float]) -> None:
         logger.log_sft(step, metrics)

@@ -22,7 +22,7 @@ def test_thinking_prompt_opens_the_reply_and_the_demonstration_thinks(qwen3):
     chat = env.demonstration(11)
     prompt = render_prompt(tokenizer, chat[:-1], **env.chat_template_kwargs)
     assert tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")
-    ids, start = demonstration_tokens(tokenizer, chat, **env.chat_template_kwargs)
+    [(ids, start)] = demonstration_tokens(tokenizer, [chat], **env.chat_template_kwargs)
     reply = tokenizer.decode(ids[start:])
     assert reply.startswith("<think>\nCounting ") and "\n</think>\n\n<answer>{" in reply
     assert reply.endswith("</answer><|im_end|>\n")
@@ -36,7 +36,7 @@ def test_without_thinking_the_template_closes_an_empty_think_block(qwen3):
     chat = env.demonstration(2)
     prompt = render_prompt(tokenizer, chat[:-1], **env.chat_template_kwargs)
     assert tokenizer.decode(prompt).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    ids, start = demonstration_tokens(tokenizer, chat, **env.chat_template_kwargs)
+    [(ids, start)] = demonstration_tokens(tokenizer, [chat], **env.chat_template_kwargs)
     assert tokenizer.decode(ids[start:]).startswith("Counting ")
 
 
@@ -57,8 +57,8 @@ def test_sft_and_rollouts_run_in_thinking_mode(qwen3):
     model = make_policy(model, ModelConfig(lora_rank=4, gradient_checkpointing=False))
     env = LetterCounting(1, thinking=True)
 
-    def demonstrate(tier, seed):
-        return demonstration_tokens(tokenizer, env.demonstration(seed), **env.chat_template_kwargs)
+    def demonstrate(tasks):
+        return demonstration_tokens(tokenizer, [env.demonstration(seed) for _, seed in tasks], **env.chat_template_kwargs)
 
     stream = DemonstrationStream(demonstrate, [1], steps=2, batch_size=2, curriculum=False)
     losses = []

@@ -20,8 +20,8 @@ from picorl.train.sft import (
 def _stream(tokenizer, tiers, steps, batch_size, curriculum=False, cot="scan"):
     envs = {t: make_env("letter_counting", difficulty=[t], cot=cot) for t in tiers}
 
-    def demonstrate(tier, seed):
-        return demonstration_tokens(tokenizer, envs[tier].demonstration(seed))
+    def demonstrate(tasks):
+        return demonstration_tokens(tokenizer, [envs[tier].demonstration(seed) for tier, seed in tasks])
 
     return DemonstrationStream(demonstrate, tiers, steps=steps, batch_size=batch_size, curriculum=curriculum)
 
@@ -51,10 +51,16 @@ def test_micro_batches_give_the_batch_gradient():
 def test_sft_trains_on_the_assistant_reply_only():
     _, tokenizer = load_model_and_tokenizer("tiny-qwen3")
     chat = make_env("letter_counting", difficulty=[2]).demonstration(3)
-    ids, start = demonstration_tokens(tokenizer, chat)
+    [(ids, start)] = demonstration_tokens(tokenizer, [chat])
     assert ids[:start] == render_prompt(tokenizer, chat[:-1])
     reply = tokenizer.decode(ids[start:], skip_special_tokens=True)
     assert reply.strip() == chat[-1]["content"].strip()
+
+
+def test_demonstrations_tokenize_in_one_batch_as_one_by_one():
+    _, tokenizer = load_model_and_tokenizer("tiny-qwen3")
+    chats = [make_env("letter_counting", difficulty=[t]).demonstration(s) for t, s in ((1, 0), (6, 1), (3, 2))]
+    assert demonstration_tokens(tokenizer, chats) == [demonstration_tokens(tokenizer, [c])[0] for c in chats]
 
 
 def test_stream_is_a_function_of_the_step_and_draws_fresh_tasks():
@@ -66,6 +72,22 @@ def test_stream_is_a_function_of_the_step_and_draws_fresh_tasks():
     assert [b.batch(s) for s in (steps - 1, BUCKET_STEPS + 1, 3)] == [seen[-1], seen[BUCKET_STEPS + 1], seen[3]]
     all_ids = [tuple(d.ids) for batch in seen for d in batch]
     assert len(set(all_ids)) == len(all_ids) == steps * 3  # no demonstration drawn twice
+
+
+def test_the_next_bucket_is_built_in_the_background_with_the_same_batches():
+    import threading
+
+    _, tokenizer = load_model_and_tokenizer("tiny-qwen3")
+    steps = 2 * BUCKET_STEPS
+    stream = _stream(tokenizer, [1, 2], steps=steps, batch_size=2)
+    threads = []
+    demonstrate = stream.demonstrate
+    stream.demonstrate = lambda tasks: threads.append(threading.current_thread().name) or demonstrate(tasks)
+    ahead = [stream.batch(s) for s in range(steps)]
+    assert threads[0] == threading.current_thread().name and threads[1].startswith("sft-demonstrations")
+    assert len(threads) == 2  # each bucket built once
+    direct = _stream(tokenizer, [1, 2], steps=steps, batch_size=2)
+    assert [direct.batch(s) for s in reversed(range(steps))] == ahead[::-1]
 
 
 def test_length_bucketing_cuts_padding():
