@@ -70,10 +70,7 @@ def run_compare(args: argparse.Namespace) -> None:
 
     rows_a = read_eval_samples(args.run)
     rows_b = read_eval_samples(args.against) if args.against else rows_a
-    if args.from_point is None:
-        point_a = "sft" if any(r["stage"] == "sft" for r in rows_a) else "base"
-    else:
-        point_a = parse_point(args.from_point)
+    point_a = 0 if args.from_point is None else parse_point(args.from_point)  # 0: where RL started
     point_b = parse_point(args.to_point)
     label_a, label_b = select(rows_a, point_a)[0], select(rows_b, point_b)[0]
     if args.against:  # two runs: say which run each side comes from (a file's run is its folder)

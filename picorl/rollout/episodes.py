@@ -50,13 +50,15 @@ class Episode:
         return "\n".join(m["content"] for m in self.messages if m["role"] == "assistant")
 
 
+def prompt_text(tokenizer, messages: list[Message], **template_kwargs: Any) -> str:
+    """Chat-template ``messages`` and append the assistant header. ``template_kwargs`` reach the
+    template (an env's ``chat_template_kwargs``, e.g. ``enable_thinking``)."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
+
+
 def render_prompt(tokenizer, messages: list[Message], **template_kwargs: Any) -> list[int]:
-    """Chat-template ``messages`` and append the assistant header, as token ids. ``template_kwargs``
-    reach the template (an env's ``chat_template_kwargs``, e.g. ``enable_thinking``)."""
-    text = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False, **template_kwargs
-    )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """:func:`prompt_text` as token ids."""
+    return tokenizer(prompt_text(tokenizer, messages, **template_kwargs), add_special_tokens=False)["input_ids"]
 
 
 def _continuation_ids(

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from picorl import distributed
+from picorl.rollout.episodes import prompt_text
 from picorl.runtime import SFT_SEEDS_START
 from picorl.train.logprobs import chosen_token_logprobs
 from picorl.train.policy import trainable_parameters
@@ -53,10 +54,7 @@ def demonstration_tokens(
     """For each chat whose last message is the assistant's: its token ids and where that reply starts.
     One batched tokenizer call for all the chats: per-chat calls were most of an SFT bucket's CPU time
     (tier-8 traces run to ~1,700 tokens), and the fast tokenizer spreads a batch over the cores."""
-    prompts = [
-        tokenizer.apply_chat_template(chat[:-1], add_generation_prompt=True, tokenize=False, **template_kwargs)
-        for chat in chats
-    ]
+    prompts = [prompt_text(tokenizer, chat[:-1], **template_kwargs) for chat in chats]
     fulls = [tokenizer.apply_chat_template(chat, tokenize=False, **template_kwargs) for chat in chats]
     encoded = tokenizer(prompts + fulls, add_special_tokens=False)["input_ids"]
     out = []
