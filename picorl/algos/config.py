@@ -39,6 +39,7 @@ IMPORTANCE_SAMPLING = ("none", "token", "sequence")
 ZERO_VARIANCE = ("keep", "drop", "dynamic")
 KL_REFERENCES = ("start", "base")
 OVERLONG = ("keep", "mask", "soft_penalty")
+CREDITS = ("sequence", "divergence")
 
 # algo -> (scale_rewards, loss_type, num_iterations) used where the field is left at None.
 AUTO = {
@@ -121,6 +122,13 @@ class AlgoConfig:
         "(L_cache in DAPO). auto: a quarter of max_tokens.",
     )
     overlong_penalty: float = opt(1.0, "soft_penalty: scale of the length penalty added to the reward.")
+    credit: str = opt(
+        "sequence",
+        "Which tokens take a completion's advantage: sequence (all of them, as published) or divergence (a "
+        "completion with a negative advantage is trained only on the token where it leaves the longest common "
+        "prefix it shares with a better completion of its group: the slip, not the correct steps after it; "
+        "picorl/algos/credit.py says why).",
+    )
     gamma: float = opt(1.0, "PPO discount per token (1: an outcome reward is not discounted).")
     gae_lambda: float = opt(
         1.0,
@@ -159,6 +167,12 @@ class AlgoConfig:
         choice("zero_variance", self.zero_variance, ZERO_VARIANCE)
         choice("overlong", self.overlong, OVERLONG)
         choice("kl_reference", self.kl_reference, KL_REFERENCES)
+        choice("credit", self.credit, CREDITS)
+        check(
+            self.algo != "ppo" or self.credit == "sequence",
+            "credit=divergence assigns one advantage per completion; ppo's advantages are per token (GAE): "
+            "use credit=sequence with ppo",
+        )
         check(
             self.algo not in ("rloo", "ppo") or self.scale_rewards == "none",
             f"scale_rewards={self.scale_rewards!r} has no meaning for algo={self.algo!r}; use scale_rewards=none",

@@ -16,7 +16,9 @@ class MicroBatch:
     index: list[int]  # positions of these episodes in the rollout batch
     input_ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T]
-    action_mask: torch.Tensor  # [B, T] bool: tokens the policy sampled (never prompt, template or padding)
+    # [B, T] bool: tokens the loss trains: those the policy sampled (never prompt, template or padding),
+    # or fewer of them (the update's ``credit`` option)
+    action_mask: torch.Tensor
     engine_logprobs: torch.Tensor  # [B, T] fp32, 0 off the action mask
     advantages: torch.Tensor  # [B] fp32
 
@@ -33,6 +35,7 @@ def make_micro_batches(
     device: torch.device,
     include: list[bool] | None = None,
     max_tokens: int | None = None,
+    loss_masks: list[list[bool]] | None = None,
 ) -> list[MicroBatch]:
     """Split the episodes (those with ``include`` True) into micro-batches, similar lengths together
     so little compute goes to padding. A truncated episode keeps exactly the tokens it sampled: no
@@ -40,14 +43,21 @@ def make_micro_batches(
 
     With ``max_tokens`` a micro-batch holds as many sequences as fit in that many padded tokens
     (rows x its longest row; a longer sequence still gets one of its own) and ``micro_batch_size`` is
-    not used. How the batch is split never changes the loss: its normalisers count the whole batch."""
+    not used. How the batch is split never changes the loss: its normalisers count the whole batch.
+
+    ``loss_masks`` (one per episode, over its completion ids) replace the episodes' action masks as
+    the tokens the loss trains (:func:`picorl.algos.credit.credited_tokens`)."""
     chosen = [i for i in range(len(episodes)) if include is None or include[i]]
     length = [len(e.prompt_ids) + len(e.completion_ids) for e in episodes]
     chosen.sort(key=lambda i: length[i])
     groups = _by_tokens(chosen, length, max_tokens) if max_tokens else [
         chosen[start : start + micro_batch_size] for start in range(0, len(chosen), micro_batch_size)
     ]  # fmt: skip
-    return [_pack([episodes[i] for i in index], index, advantages[index], pad_id, device) for index in groups]
+    masks = loss_masks if loss_masks is not None else [e.action_mask for e in episodes]
+    return [
+        _pack([episodes[i] for i in index], [masks[i] for i in index], index, advantages[index], pad_id, device)
+        for index in groups
+    ]
 
 
 def _by_tokens(chosen: list[int], length: list[int], max_tokens: int) -> list[list[int]]:
@@ -62,18 +72,20 @@ def _by_tokens(chosen: list[int], length: list[int], max_tokens: int) -> list[li
     return groups
 
 
-def _pack(episodes: list[Episode], index: list[int], advantages, pad_id: int, device) -> MicroBatch:
+def _pack(
+    episodes: list[Episode], masks: list[list[bool]], index: list[int], advantages, pad_id: int, device
+) -> MicroBatch:
     length = max(len(e.prompt_ids) + len(e.completion_ids) for e in episodes)
     shape = (len(episodes), length)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
     attention_mask = torch.zeros(shape, dtype=torch.long)
     action_mask = torch.zeros(shape, dtype=torch.bool)
     engine_logprobs = torch.zeros(shape, dtype=torch.float32)
-    for row, e in enumerate(episodes):
+    for row, (e, mask) in enumerate(zip(episodes, masks)):
         p, c = len(e.prompt_ids), len(e.completion_ids)
         input_ids[row, : p + c] = torch.tensor(e.prompt_ids + e.completion_ids)
         attention_mask[row, : p + c] = 1
-        action_mask[row, p : p + c] = torch.tensor(e.action_mask, dtype=torch.bool)
+        action_mask[row, p : p + c] = torch.tensor(mask, dtype=torch.bool)
         engine_logprobs[row, p : p + c] = torch.tensor(e.engine_logprobs, dtype=torch.float32)
     return MicroBatch(
         index=index,

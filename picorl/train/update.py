@@ -20,7 +20,7 @@ import torch
 
 from picorl import distributed
 from picorl.algos import advantages as adv
-from picorl.algos import losses, value_head
+from picorl.algos import credit, losses, value_head
 from picorl.config import Config
 from picorl.engine.types import RolloutEngine, SamplingParams
 from picorl.envs.base import Env
@@ -178,9 +178,11 @@ def learn(ctx: UpdateContext, episodes: list[Episode]) -> tuple[dict[str, float]
 
     t1 = time.perf_counter()
     train = ctx.config.train
+    loss_masks, credit_metrics = credited_masks(episodes, shaped[mine], advantages[mine], algo.credit)
     batches = make_micro_batches(
         episodes, advantages[mine], train.micro_batch_size, ctx.tokenizer.pad_token_id, ctx.device,
         include[mine].tolist(), max_tokens=micro_batch_tokens(train, ctx.token_budget, ctx.device),
+        loss_masks=loss_masks,
     )  # fmt: skip
     # Every rank optimizes if any rank has a batch: each takes part in every gradient all-reduce.
     anything = distributed.any_rank(bool(batches))  # called on every rank (never short-circuited)
@@ -191,8 +193,26 @@ def learn(ctx: UpdateContext, episodes: list[Episode]) -> tuple[dict[str, float]
     t_train = time.perf_counter() - t1
     metrics = rollout_metrics(global_episodes, rewards, group_ids, advantages, include)
     metrics.update(train_metrics)
+    metrics.update(credit_metrics)
     metrics["train/micro_batches"] = float(len(batches))
     return metrics, t_train
+
+
+def credited_masks(
+    episodes: list[Episode], rewards: torch.Tensor, advantages: torch.Tensor, mode: str
+) -> tuple[list[list[bool]] | None, dict[str, float]]:
+    """The tokens each episode's advantage trains (``credit``; None = every sampled token) and, for
+    ``divergence``, where the blamed completions left their better siblings: ``credit/divergence_at``,
+    the mean position of that token as a fraction of the completion. Groups never span ranks, so this
+    rank's episodes hold every sibling it compares with."""
+    if mode == "sequence":
+        return None, {}
+    points = credit.divergence_points(
+        [e.completion_ids for e in episodes], rewards.tolist(), advantages.tolist(), [e.group for e in episodes]
+    )
+    masks = [credit.credited_tokens(e.action_mask, d) for e, d in zip(episodes, points)]
+    at = [d / max(len(e.completion_ids), 1) for e, d in zip(episodes, points) if d is not None]
+    return masks, {"credit/divergence_at": sum(at) / len(at)} if at else {}
 
 
 # Metrics each rank measures for itself, and how they combine: the slowest rank sets the update's pace
@@ -203,10 +223,12 @@ PER_RANK_RULES = {
     "engine/tokens_per_s": distributed.SUM,
     "groups/drawn": distributed.SUM,
     "train/micro_batches": distributed.MAX,
+    "credit/divergence_at": distributed.MEAN,
 }
 PER_RANK_METRICS = (
     "groups/drawn", "time/rollout_s", "time/train_s", "time/update_s", "engine/tokens_per_s",
     "memory/rollout_peak_gb", "memory/peak_gb", "memory/kv_cache_gb", "train/micro_batches",
+    "credit/divergence_at",
 )  # fmt: skip
 
 

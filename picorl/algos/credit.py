@@ -1,0 +1,64 @@
+"""Which tokens of a completion take its advantage (``credit``).
+
+``sequence`` (GRPO as published): every sampled token of a completion shares its advantage.
+
+``divergence``: a completion with a NEGATIVE advantage is trained only on the token where it leaves
+the path of its better siblings: the first token after its longest common prefix with any completion
+of its group that scored higher. Its other tokens are left out of the loss (and of its length
+normaliser). Completions with an advantage >= 0 keep every token.
+
+Why: when the demonstrations teach a deterministic trace (the counting traces of
+:mod:`picorl.envs.traces`), a correct and a wrong sample of one task agree token for token up to the
+slip that made the wrong one wrong (a dropped line, a skipped letter); after the slip the wrong sample
+goes on executing the algorithm correctly on its mistaken state. Sequence credit pushes ALL of those
+later tokens down, so RL unlearns correct steps along with the slip; the shared prefix cancels out
+only between samples of equal and opposite weight. Divergence credit puts the blame on the slip
+alone. It is related to the step-level credit that tree-search RL takes from shared prefixes
+(e.g. TreeRL, Hou et al. 2025), here from the k independent samples GRPO already has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    n = min(a.numel(), b.numel())
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if differ.numel() else n
+
+
+def divergence_points(
+    completions: Sequence[Sequence[int]], rewards: Sequence[float], advantages: Sequence[float],
+    groups: Sequence[int],
+) -> list[int | None]:  # fmt: skip
+    """For each completion with a negative advantage: the index (into its completion ids) of its first
+    token that no better sibling shares, i.e. its longest common prefix with any completion of the same
+    group whose reward is higher. ``None`` for the others (they keep sequence credit). A negative
+    advantage implies a better sibling under every group baseline; without one (a batch baseline,
+    REINFORCE) the whole completion is its own divergence: index 0."""
+    ids = [torch.tensor(list(c), dtype=torch.long) for c in completions]
+    points: list[int | None] = []
+    for i, (reward, advantage, group) in enumerate(zip(rewards, advantages, groups)):
+        if advantage >= 0:
+            points.append(None)
+            continue
+        better = [j for j in range(len(ids)) if groups[j] == group and rewards[j] > reward]
+        points.append(max((_common_prefix(ids[i], ids[j]) for j in better), default=0))
+    return points
+
+
+def credited_tokens(action_mask: Sequence[bool], divergence: int | None) -> list[bool]:
+    """The completion tokens the loss trains: every sampled token (``action_mask``) without a
+    divergence point, else only the first sampled token at or after it (none if the completion ends
+    there, e.g. a wrong completion that is a prefix of a better one)."""
+    if divergence is None:
+        return list(action_mask)
+    credited = [False] * len(action_mask)
+    for t in range(divergence, len(action_mask)):
+        if action_mask[t]:
+            credited[t] = True
+            break
+    return credited
