@@ -191,6 +191,9 @@ def main() -> None:
         "--no-stack-adapters", action="store_true", help="with --lora-rank: each PEFT layer adds its own adapter"
     )
     parser.add_argument(
+        "--adapter-dtype", default="adapter", help="with --lora-rank: adapter (fp32, as PEFT) | model (bf16)"
+    )
+    parser.add_argument(
         "--no-run-ahead", action="store_true", help="wait for each step's tokens before the next step"
     )
     args = parser.parse_args()
@@ -213,6 +216,7 @@ def main() -> None:
         run_ahead=not args.no_run_ahead,
         fuse_projections=not args.no_fuse_projections,
         stack_adapters=not args.no_stack_adapters,
+        adapter_dtype=args.adapter_dtype,
     )
     engine = LLMEngine(model, config=config)
     spec = engine.spec

@@ -41,6 +41,10 @@ class EngineConfig:
     # with fuse_projections: a group's LoRA adapters as two GEMMs over stacked copies of their weights,
     # refreshed each generate, instead of two per adapter (``fused_linear.StackedLora``)
     stack_adapters: bool = True
+    # the dtype the stacked adapters multiply in: "adapter" (theirs, fp32 as PEFT computes them) or
+    # "model" (the base weights', bf16 on a GPU: tensor-core GEMMs and no casts, the adapter's
+    # contribution rounded to bf16 before it is added)
+    adapter_dtype: str = "adapter"
     run_ahead: bool = True  # launch decode step t+1 before step t's tokens reach the host (step_loop)
     fused_sampling: bool = True  # one-pass Triton sampler on CUDA (without top-k / top-p)
     decode_attention: str = "auto"  # auto (Triton on CUDA when importable, else torch) | triton | torch
@@ -67,6 +71,10 @@ class EngineConfig:
         check(
             self.max_model_len is None or self.max_model_len >= 2,
             f"max_model_len must be >= 2, got {self.max_model_len}",
+        )
+        check(
+            self.adapter_dtype in ("adapter", "model"),
+            f"adapter_dtype must be adapter|model, got {self.adapter_dtype!r}",
         )
         check(
             self.decode_attention in ("auto", "triton", "torch"),

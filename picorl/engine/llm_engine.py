@@ -56,6 +56,7 @@ class LLMEngine:
             compiled_steps(self.config.compile_mode) if self.use_compile else None,
             fuse_projections=self.config.fuse_projections,
             stack_adapters=self.config.stack_adapters,
+            adapter_dtype=self.config.adapter_dtype,
         )
         self.use_cuda_graphs = self._resolve_cuda_graphs()
         self.builder: DecodeInputBuilder | None = None

@@ -78,6 +78,21 @@ def test_peft_lora_model_equals_transformers_generate(tiny_model, random_prompts
     assert differs, "the adapter (nonzero B) should change the greedy output"
 
 
+def test_adapters_in_the_model_dtype_sample_the_bf16_model_greedily(tiny_model, random_prompts, hf_greedy) -> None:
+    """``adapter_dtype="model"`` on a bf16 PEFT model: the stacks are bf16 and greedy decoding still
+    follows the PEFT model's own (fp32-adapter) forward token for token on these prompts."""
+    model = get_peft_model(
+        tiny_model("qwen3").to(torch.bfloat16), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    )
+    prompts = random_prompts([6, 11])
+    engine = LLMEngine(model, None, EngineConfig(**CONFIG, adapter_dtype="model"))
+    out = engine.generate(prompts, SamplingParams(max_tokens=8, temperature=0))
+    stacks = [f.lora for layer in engine.runner.fusion for f in (layer.qkv, layer.gate_up)]
+    assert stacks and all(s is not None and s.a.dtype == torch.bfloat16 for s in stacks)
+    for prompt, (completion,) in zip(prompts, out):
+        assert completion.token_ids == hf_greedy(model, prompt, 8)
+
+
 def test_sampling_is_reproducible_with_a_seed(tiny_model, random_prompts) -> None:
     engine = LLMEngine(tiny_model("llama"), None, EngineConfig(**CONFIG))
     prompts = random_prompts([4, 9])

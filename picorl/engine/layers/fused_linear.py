@@ -33,8 +33,9 @@ class StackedLora:
     output rows (``b`` is block-diagonal, each block ``scaling * lora_B``). Why: PEFT runs each adapter
     as its own cast + two small GEMMs, 14 per decoder layer with all-linear LoRA, and those small
     kernels, not arithmetic, were the engine's +34% per decode step with adapters (H200, 2026-12-01).
-    Unlike the base weights these are copies, in the adapters' dtype, refreshed before each generate
-    (:func:`stack_adapters`): a few MB, and the arithmetic stays the adapters' own."""
+    Unlike the base weights these are copies, refreshed before each generate (:func:`stack_adapters`):
+    a few MB, in the adapters' dtype (the arithmetic stays the adapters' own) or, on request, in the
+    base weights' dtype (``EngineConfig.adapter_dtype = "model"``)."""
 
     a: torch.Tensor  # [sum of ranks, in_features]
     b: torch.Tensor  # [sum(sizes), sum of ranks]
@@ -204,13 +205,16 @@ def _adding_adapters(modules: Sequence[nn.Module]) -> list[tuple[int, str]] | No
     return entries
 
 
-def stack_adapters(fused: FusedWeights, modules: Sequence[nn.Module]) -> StackedLora | None:
+def stack_adapters(
+    fused: FusedWeights, modules: Sequence[nn.Module], dtype: torch.dtype | None = None
+) -> StackedLora | None:
     """The adapters of ``modules`` (``fused``'s group) as a :class:`StackedLora` holding their present
     values: ``fused.lora`` refilled in place when the layout is unchanged (so a captured CUDA graph
     keeps reading it), else new buffers. None when no adapter adds to the group or they cannot be
     stacked (mixed dtypes or devices); then ``fused_forward`` lets each module add its own. Call it
     whenever the adapters may have changed (before each generate), and only where
-    ``adapters_supported`` holds. Runs in eval mode, where LoRA dropout is the identity."""
+    ``adapters_supported`` holds. Runs in eval mode, where LoRA dropout is the identity. ``dtype``:
+    that of the copies, and so of the adapters' arithmetic (None: the adapters' own)."""
     entries = _adding_adapters(modules)
     if not entries:
         return None
@@ -220,12 +224,13 @@ def stack_adapters(fused: FusedWeights, modules: Sequence[nn.Module]) -> Stacked
     if any(w.dtype != first.dtype or w.device != first.device for w in a_weights + b_weights):
         return None
     layout = tuple((i, name, w.shape[0]) for (i, name), w in zip(entries, a_weights))
+    dtype = dtype or first.dtype
     lora = fused.lora
-    if lora is None or lora.layout != layout or lora.a.dtype != first.dtype or lora.a.device != first.device:
+    if lora is None or lora.layout != layout or lora.a.dtype != dtype or lora.a.device != first.device:
         rank = sum(r for _, _, r in layout)
         with torch.inference_mode(False):
-            a = torch.empty(rank, first.shape[1], dtype=first.dtype, device=first.device)
-            b = torch.zeros(sum(fused.sizes), rank, dtype=first.dtype, device=first.device)
+            a = torch.empty(rank, first.shape[1], dtype=dtype, device=first.device)
+            b = torch.zeros(sum(fused.sizes), rank, dtype=dtype, device=first.device)
         lora = StackedLora(a, b, layout)
     starts = [sum(fused.sizes[:i]) for i in range(len(fused.sizes))]
     column = 0

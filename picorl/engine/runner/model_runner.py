@@ -64,12 +64,14 @@ class ModelRunner:
         steps: LayerSteps | None = None,
         fuse_projections: bool = False,
         stack_adapters: bool = True,
+        adapter_dtype: str = "adapter",
     ) -> None:
         self.spec = spec
         self.decode_attention = decode_attention
         self.steps = steps or LayerSteps()
         self.fuse_projections = fuse_projections
         self.stack_adapters = stack_adapters
+        self.adapter_dtype = adapter_dtype  # EngineConfig.adapter_dtype
         self.buffers: list[list[FusedWeights | None]] = []  # per layer: q/k/v, gate/up (fused_linear)
         self.fusion = [LayerFusion() for _ in range(spec.num_layers)]
 
@@ -90,7 +92,8 @@ class ModelRunner:
                     self.buffers[i][g] = fused = fuse_weights(modules)
                 if fused is not None and adapters_supported(modules):
                     # this generate's adapter values (None: each PEFT layer adds its own)
-                    fused.lora = stack_adapters(fused, modules) if self.stack_adapters else None
+                    dtype = fused.weight.dtype if self.adapter_dtype == "model" else None
+                    fused.lora = stack_adapters(fused, modules, dtype) if self.stack_adapters else None
                     usable.append(fused)
                 else:
                     usable.append(None)

@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from picorl.engine.config import EngineConfig
 from picorl.engine.layers.fused_linear import (
     adapters_supported,
     base_linear,
@@ -329,6 +330,27 @@ def test_stacked_adapters_keep_the_adapter_dtype_on_a_bf16_model(tiny_model):
         for out, module in zip(fused_forward(f, group, x), group):
             assert out.dtype == torch.bfloat16
             torch.testing.assert_close(out, module(x), rtol=2e-2, atol=2e-2)
+
+
+def test_stacked_adapters_in_the_model_dtype_on_a_bf16_model(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen3", torch.bfloat16)
+    x = inputs(torch.bfloat16)
+    for f, group in fuse_all(peft_model):
+        f.lora = stack_adapters(f, group, torch.bfloat16)  # EngineConfig.adapter_dtype = "model"
+        assert f.lora.a.dtype == torch.bfloat16 and f.lora.b.dtype == torch.bfloat16
+        in_bf16 = fused_forward(f, group, x)
+        f.lora = stack_adapters(f, group)  # the adapters' own fp32: new buffers, as the dtype changed
+        assert f.lora.a.dtype == torch.float32
+        for out, exact, module in zip(in_bf16, fused_forward(f, group, x), group):
+            assert out.dtype == torch.bfloat16
+            torch.testing.assert_close(out, module(x), rtol=2e-2, atol=2e-2)
+            # the adapter's contribution rounded to bf16 once more: a bf16 ulp or two of the output
+            assert float((out.float() - exact.float()).abs().max()) <= 2 * 2**-7 * float(exact.float().abs().max())
+
+
+def test_engine_config_checks_the_adapter_dtype():
+    with pytest.raises(ValueError, match="adapter_dtype must be adapter|model"):
+        EngineConfig(adapter_dtype="bf16")
 
 
 def test_stacked_forward_traces_in_one_graph(tiny_model):
