@@ -34,7 +34,7 @@ def test_greedy_equals_transformers_generate(arch, fuse, tiny_model, random_prom
     stats = engine.last_stats
     assert stats["prefill_steps"] == 1 and stats["decode_steps"] == max(len(c[0].token_ids) for c in out) - 1
     assert 0 < stats["prefill_s"] + stats["decode_s"] <= stats["seconds"]
-    fused = [f.qkv is not None and f.gate_up is not None for f in engine.runner.fusion]
+    fused = [all(g is not None for g in (f.qkv, f.o, f.gate_up, f.down)) for f in engine.runner.fusion]
     assert fused == [fuse] * len(fused), "fuse_projections decides whether the projections run as one GEMM"
 
 
@@ -68,7 +68,7 @@ def test_peft_lora_model_equals_transformers_generate(tiny_model, random_prompts
     prompts = random_prompts([6, 11])
     engine = LLMEngine(model, None, EngineConfig(**CONFIG, stack_adapters=stack_adapters))
     out = engine.generate(prompts, SamplingParams(max_tokens=16, temperature=0))
-    stacks = [f.lora for layer in engine.runner.fusion for f in (layer.qkv, layer.gate_up)]
+    stacks = [f.lora for layer in engine.runner.fusion for f in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     assert all((s is not None) == stack_adapters for s in stacks)
     base = tiny_model("qwen3")  # same seed: the model without the adapter
     differs = False
@@ -87,7 +87,7 @@ def test_adapters_in_the_model_dtype_sample_the_bf16_model_greedily(tiny_model, 
     prompts = random_prompts([6, 11])
     engine = LLMEngine(model, None, EngineConfig(**CONFIG, adapter_dtype="model"))
     out = engine.generate(prompts, SamplingParams(max_tokens=8, temperature=0))
-    stacks = [f.lora for layer in engine.runner.fusion for f in (layer.qkv, layer.gate_up)]
+    stacks = [f.lora for layer in engine.runner.fusion for f in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     assert stacks and all(s is not None and s.a.dtype == torch.bfloat16 for s in stacks)
     for prompt, (completion,) in zip(prompts, out):
         assert completion.token_ids == hf_greedy(model, prompt, 8)

@@ -84,7 +84,8 @@ def _dense(t: torch.Tensor) -> bool:
 
 def fuse_weights(modules: Sequence[nn.Module]) -> FusedWeights | None:
     """Re-home the base weights (and biases) of ``modules`` as row slices of one buffer; see the
-    module docstring. Returns None, touching nothing, when they cannot share one GEMM: a module
+    module docstring. One module keeps its own weight as the buffer (a group of one is fused for its
+    stacked adapters). Returns None, touching nothing, when they cannot share one GEMM: a module
     without a plain ``nn.Linear`` base, different in_features, dtypes or devices, bias on some but
     not all, a weight that is not a plain contiguous dense tensor, or one Parameter in two modules."""
     linears = [base_linear(m) for m in modules]
@@ -102,6 +103,8 @@ def fuse_weights(modules: Sequence[nn.Module]) -> FusedWeights | None:
     ):
         return None
     sizes = tuple(w.shape[0] for w in weights)
+    if len(weights) == 1:  # a group of one (o, down): its weight is its buffer already, nothing moves
+        return FusedWeights(first.data, None if biases[0] is None else biases[0].data, sizes)
     # Outside inference mode, so the buffers (and so the parameters) stay trainable tensors.
     with torch.inference_mode(False), torch.no_grad():
         weight = torch.cat([w.data for w in weights])

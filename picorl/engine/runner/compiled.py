@@ -80,7 +80,7 @@ def precompile(runner: ModelRunner, num_tokens: int) -> float:
         cos, sin = model.rotary_emb(hidden, torch.arange(n, device=param.device)[None])
         q, _, _ = steps.pre_attention(layer, hidden, cos[0, :, None, :], sin[0, :, None, :], fusion.qkv)
         out = torch.zeros(n, q.shape[1], attn.head_dim, dtype=q.dtype, device=q.device)
-        steps.post_attention(layer, hidden, out, fusion.gate_up)
+        steps.post_attention(layer, hidden, out, fusion.gate_up, fusion.o, fusion.down)
         steps.final_logits(model.norm, lm.lm_head, hidden)
     if param.device.type == "cuda":
         torch.cuda.synchronize(param.device)

@@ -9,8 +9,8 @@ grouped in ``pre_attention`` / ``post_attention`` so that they can be compiled a
 (``picorl.engine.runner.compiled``): the modules and their parameters stay the model's own either way.
 With ``fuse_projections``, q/k/v and gate/up each run as one GEMM over a buffer that their weights
 were re-homed into (``picorl.engine.layers.fused_linear``: still the trainer's parameters, not copies),
-plus the group's LoRA adapters as two more GEMMs (copies of the adapter weights, refreshed before
-each generate).
+o and down over their own weights, each group plus its LoRA adapters as two more GEMMs (copies of the
+adapter weights, refreshed before each generate).
 """
 
 from __future__ import annotations
@@ -50,10 +50,14 @@ class DecodeInputs:
 
 @dataclass
 class LayerFusion:
-    """A layer's projections that run as one GEMM this call (None: the modules are called)."""
+    """A layer's projection groups as ``fused_forward`` runs them this call (None: the modules are
+    called). q/k/v and gate/up are one GEMM each; o and down are groups of one, so that their LoRA
+    adapters, too, run as the stacked pair instead of PEFT's own (order of ``projection_groups``)."""
 
     qkv: FusedWeights | None = None
+    o: FusedWeights | None = None
     gate_up: FusedWeights | None = None
+    down: FusedWeights | None = None
 
 
 class ModelRunner:
@@ -72,7 +76,7 @@ class ModelRunner:
         self.fuse_projections = fuse_projections
         self.stack_adapters = stack_adapters
         self.adapter_dtype = adapter_dtype  # EngineConfig.adapter_dtype
-        self.buffers: list[list[FusedWeights | None]] = []  # per layer: q/k/v, gate/up (fused_linear)
+        self.buffers: list[list[FusedWeights | None]] = []  # per layer, per projection group (fused_linear)
         self.fusion = [LayerFusion() for _ in range(spec.num_layers)]
 
     def refresh_fusion(self) -> None:
@@ -83,7 +87,7 @@ class ModelRunner:
             return
         layers = self.spec.lm.model.layers
         if not self.buffers:
-            self.buffers = [[None, None] for _ in layers]
+            self.buffers = [[None] * len(projection_groups(layer)) for layer in layers]
         for i, layer in enumerate(layers):
             usable: list[FusedWeights | None] = []
             for g, modules in enumerate(projection_groups(layer)):
@@ -106,7 +110,7 @@ class ModelRunner:
         return tuple(
             (f is not None, None if f is None or f.lora is None else (f.lora.a.data_ptr(), f.lora.b.data_ptr()))
             for fusion in self.fusion
-            for f in (fusion.qkv, fusion.gate_up)
+            for f in (fusion.qkv, fusion.o, fusion.gate_up, fusion.down)
         )
 
     def prefill(self, seqs: list[Sequence], kv: KVCache) -> torch.Tensor:
@@ -178,7 +182,9 @@ class ModelRunner:
         for i, layer in enumerate(model.layers):
             fusion = self.fusion[i]
             q, k, v = self.steps.pre_attention(layer, hidden, cos, sin, fusion.qkv)
-            hidden = self.steps.post_attention(layer, hidden, attend(i, q, k, v), fusion.gate_up)
+            hidden = self.steps.post_attention(
+                layer, hidden, attend(i, q, k, v), fusion.gate_up, fusion.o, fusion.down
+            )
         return hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -187,9 +193,10 @@ class ModelRunner:
 
 
 def projection_groups(layer: nn.Module) -> list[tuple[nn.Module, ...]]:
-    """The projections of a decoder layer that read the same input: q/k/v, and gate/up."""
+    """A decoder layer's projections grouped by the input they read: q/k/v, o, gate/up, down (the
+    fields of ``LayerFusion``, in order)."""
     attn, mlp = layer.self_attn, layer.mlp
-    return [(attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj)]
+    return [(attn.q_proj, attn.k_proj, attn.v_proj), (attn.o_proj,), (mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)]
 
 
 def pre_attention(
@@ -215,18 +222,31 @@ def pre_attention(
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
 
+def _project(fused: FusedWeights | None, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x) if fused is None else fused_forward(fused, (module,), x)[0]
+
+
 def post_attention(
-    layer: nn.Module, hidden: torch.Tensor, attn_out: torch.Tensor, gate_up: FusedWeights | None = None
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    attn_out: torch.Tensor,
+    gate_up: FusedWeights | None = None,
+    o: FusedWeights | None = None,
+    down: FusedWeights | None = None,
 ) -> torch.Tensor:
     """The rest of a decoder layer: output projection, residual, MLP, residual. ``gate_up``: the
-    gate/up weights' fused buffer, for one GEMM instead of two."""
-    hidden = hidden + layer.self_attn.o_proj(attn_out.reshape(hidden.shape[0], -1))
+    gate/up weights' fused buffer, for one GEMM instead of two; ``o``, ``down``: those projections'
+    own (with their stacked adapters)."""
+    hidden = hidden + _project(o, layer.self_attn.o_proj, attn_out.reshape(hidden.shape[0], -1))
     x = layer.post_attention_layernorm(hidden)
     mlp = layer.mlp
-    if gate_up is None:
+    if gate_up is None and down is None:
         return hidden + mlp(x)
-    gate, up = fused_forward(gate_up, (mlp.gate_proj, mlp.up_proj), x)
-    return hidden + mlp.down_proj(mlp.act_fn(gate) * up)
+    if gate_up is None:
+        gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    else:
+        gate, up = fused_forward(gate_up, (mlp.gate_proj, mlp.up_proj), x)
+    return hidden + _project(down, mlp.down_proj, mlp.act_fn(gate) * up)
 
 
 def final_logits(norm: nn.Module, lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

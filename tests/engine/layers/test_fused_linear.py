@@ -23,12 +23,12 @@ from picorl.engine.layers.fused_linear import (
 
 
 def projection_groups(model: nn.Module) -> list[list[nn.Module]]:
-    """[q, k, v] and [gate, up] of every decoder layer (works on PEFT-wrapped models too)."""
+    """[q, k, v], [o], [gate, up] and [down] of every decoder layer (works on PEFT-wrapped models too)."""
     layers = next(m for name, m in model.named_modules() if name.endswith("model.layers"))
     groups = []
     for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
-        groups += [[attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]]
+        groups += [[attn.q_proj, attn.k_proj, attn.v_proj], [attn.o_proj], [mlp.gate_proj, mlp.up_proj], [mlp.down_proj]]
     return groups
 
 
@@ -48,8 +48,10 @@ def ids(n: int = 7) -> torch.Tensor:
     return torch.randint(0, 256, (2, n), generator=torch.Generator().manual_seed(3))
 
 
-def inputs(dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(4)).to(dtype)
+def inputs(dtype: torch.dtype = torch.float32, group: list[nn.Module] | None = None) -> torch.Tensor:
+    """[2, 5, K]: K the hidden size, or what ``group``'s projections read (o and down read wider)."""
+    width = 64 if group is None else base_linear(group[0]).in_features
+    return torch.randn(2, 5, width, generator=torch.Generator().manual_seed(4)).to(dtype)
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama"])
@@ -85,7 +87,7 @@ def test_fused_forward_matches_the_modules(tiny_model, arch):
     model = tiny_model(arch)
     for fused, group in fuse_all(model):
         assert adapters_supported(group)
-        for x in (inputs(), inputs()[0]):  # [B, T, K] and [T, K]
+        for x in (inputs(group=group), inputs(group=group)[0]):  # [B, T, K] and [T, K]
             outs = fused_forward(fused, group, x)
             assert [o.shape for o in outs] == [m(x).shape for m in group]
             for out, module in zip(outs, group):
@@ -104,6 +106,7 @@ def test_fused_forward_matches_peft_lora_in_every_adapter_state(tiny_model):
         """fused_forward == each module's forward, which differs from its base layer's iff LoRA adds."""
         for f, group in fused:
             assert is_intact(f, group) and adapters_supported(group)
+            x = inputs(group=group)
             for out, module in zip(fused_forward(f, group, x), group):
                 torch.testing.assert_close(out, module(x), rtol=0, atol=1e-6)
                 adds = (out - base_linear(module)(x)).abs().max().item() > 1e-3
@@ -133,6 +136,7 @@ def test_bf16_model_with_fp32_adapters_matches_peft_casts(tiny_model):
     (out,) = fused_forward(single, [q_proj], x)
     assert out.dtype == torch.bfloat16 and torch.equal(out, q_proj(x))
     for fused, group in fuse_all(peft_model)[1:]:
+        x = inputs(torch.bfloat16, group)
         for out, module in zip(fused_forward(fused, group, x), group):
             assert out.dtype == torch.bfloat16
             torch.testing.assert_close(out, module(x), rtol=2e-2, atol=2e-2)
@@ -175,7 +179,7 @@ def test_is_intact_until_a_weight_is_replaced(tiny_model):
     fused = fuse_all(model)
     model.load_state_dict(copy.deepcopy(tiny_model("qwen2", seed=5).state_dict()))  # copies in place
     assert all(is_intact(f, g) for f, g in fused)
-    (f, (q, k, v)), (f_mlp, mlp) = fused[0], fused[1]
+    (f, (q, k, v)), (f_mlp, mlp) = fused[0], fused[2]  # q/k/v, gate/up
     assert torch.equal(f.weight[: q.out_features], q.weight)
 
     v.weight.data = v.weight.data.clone()
@@ -273,6 +277,7 @@ def test_stacked_adapters_match_peft_in_every_adapter_state(tiny_model):
     def check(expect_stack: bool) -> None:
         for f, group in stacked(fuse_all(peft_model)):
             assert (f.lora is not None) == expect_stack
+            x = inputs(group=group)
             for out, module in zip(fused_forward(f, group, x), group):
                 torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
 
@@ -295,13 +300,15 @@ def test_stacked_adapters_where_only_some_projections_have_lora(tiny_model):
     peft_model = get_peft_model(
         model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
     )
-    x = inputs()
     for f, group in stacked(fuse_all(peft_model)):
-        assert f.lora is not None
+        x = inputs(group=group)
         outs = fused_forward(f, group, x)
         for out, module in zip(outs, group):
             torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
         plain = [i for i, m in enumerate(group) if type(m) is nn.Linear]  # k_proj, gate_proj: zero rows
+        if len(plain) == len(group):  # o_proj, down_proj: no adapter, nothing stacked
+            assert f.lora is None
+            continue
         rows = [sum(f.sizes[:i]) for i in plain]
         assert all(not f.lora.b[r : r + f.sizes[i]].any() for r, i in zip(rows, plain))
 
@@ -318,15 +325,16 @@ def test_stacked_adapters_follow_a_training_step_in_place(tiny_model):
     stacked(fused)  # what the engine does before each generate
     assert [(f.lora.a.data_ptr(), f.lora.b.data_ptr()) for f, _ in fused] == pointers  # graphs stay valid
     for f, group in fused:
+        x = inputs(group=group)
         for out, module in zip(fused_forward(f, group, x), group):
             torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
 
 
 def test_stacked_adapters_keep_the_adapter_dtype_on_a_bf16_model(tiny_model):
     peft_model = lora_model(tiny_model, "qwen3", torch.bfloat16)
-    x = inputs(torch.bfloat16)
     for f, group in stacked(fuse_all(peft_model)):
         assert f.lora.a.dtype == torch.float32 and f.lora.b.dtype == torch.float32
+        x = inputs(torch.bfloat16, group)
         for out, module in zip(fused_forward(f, group, x), group):
             assert out.dtype == torch.bfloat16
             torch.testing.assert_close(out, module(x), rtol=2e-2, atol=2e-2)
@@ -334,8 +342,8 @@ def test_stacked_adapters_keep_the_adapter_dtype_on_a_bf16_model(tiny_model):
 
 def test_stacked_adapters_in_the_model_dtype_on_a_bf16_model(tiny_model):
     peft_model = lora_model(tiny_model, "qwen3", torch.bfloat16)
-    x = inputs(torch.bfloat16)
     for f, group in fuse_all(peft_model):
+        x = inputs(torch.bfloat16, group)
         f.lora = stack_adapters(f, group, torch.bfloat16)  # EngineConfig.adapter_dtype = "model"
         assert f.lora.a.dtype == torch.bfloat16 and f.lora.b.dtype == torch.bfloat16
         in_bf16 = fused_forward(f, group, x)
