@@ -76,7 +76,9 @@ def test_kl_reference_is_the_policy_rl_started_from_or_the_base_model():
     ids = torch.tensor([[5, 9, 12, 7, 40, 41, 42]])
     mask = torch.zeros_like(ids, dtype=torch.bool)
     mask[0, 4:] = True
-    batch = MicroBatch([0], ids, torch.ones_like(ids), mask, torch.zeros(ids.shape), torch.zeros(1))
+    batch = MicroBatch(
+        [0], ids, torch.ones_like(ids), mask, torch.zeros(ids.shape), torch.zeros(1), mask.sum(-1)
+    )
 
     def policy() -> torch.Tensor:
         return chosen_token_logprobs(peft_model, ids, torch.ones_like(ids), mask)

@@ -127,7 +127,7 @@ class AlgoConfig:
         "Which tokens take a completion's advantage: sequence (all of them, as published) or divergence (a "
         "completion with a negative advantage is trained only on the token where it leaves the longest common "
         "prefix it shares with a better completion of its group: the slip, not the correct steps after it; "
-        "picorl/algos/credit.py says why).",
+        "the length normalisers still count all its tokens; picorl/algos/credit.py says why).",
     )
     gamma: float = opt(1.0, "PPO discount per token (1: an outcome reward is not discounted).")
     gae_lambda: float = opt(

@@ -4,8 +4,10 @@
 
 ``divergence``: a completion with a NEGATIVE advantage is trained only on the token where it leaves
 the path of its better siblings: the first token after its longest common prefix with any completion
-of its group that scored higher. Its other tokens are left out of the loss (and of its length
-normaliser). Completions with an advantage >= 0 keep every token.
+of its group that scored higher. Its other tokens are left out of the loss; the length normalisers
+still count them, so the blamed token weighs what it weighs under sequence credit (``A_i / |o_i|``
+with the ``grpo`` loss), the rest of the completion's weight is dropped rather than moved onto it.
+Completions with an advantage >= 0 keep every token.
 
 Why: when the demonstrations teach a deterministic trace (the counting traces of
 :mod:`picorl.envs.traces`), a correct and a wrong sample of one task agree token for token up to the
@@ -16,12 +18,13 @@ only between samples of equal and opposite weight. Divergence credit puts the bl
 alone. It is related to the step-level credit that tree-search RL takes from shared prefixes
 (e.g. TreeRL, Hou et al. 2025), here from the k independent samples GRPO already has.
 
-Measured (docs/results.md, 2026-12-02, SmolLM2-135M after SFT, tiers 6-8): from the same SFT adapter,
-10 updates with divergence credit fixed 4 and broke 10 of 600 eval answers; sequence credit fixed 13
-and broke 8. With the ``grpo`` loss a blamed token carries its completion's whole per-sequence
-weight, so gradient norms were 2-6 (clipped to ``max_grad_norm`` 1) against 0.003-0.016 with sequence
-credit: the blamed tokens set the step's direction and the clip scaled the right samples' signal
-down. Weighting a blamed token as one token of its completion is the variant to measure next.
+Measured (docs/results.md, 2026-12-02, SmolLM2-135M after SFT, tiers 6-8) with the first version,
+whose normaliser counted the trained tokens only, so that a blamed token carried its completion's
+whole weight: from the same SFT adapter, 10 updates fixed 4 and broke 10 of 600 eval answers where
+sequence credit fixed 13 and broke 8. Its gradient norms were 2-6 (clipped to ``max_grad_norm`` 1)
+against 0.003-0.016 with sequence credit: the blamed tokens set each step's direction and the clip
+scaled the right samples' signal down ~300x. The normaliser above (one token's share) came after
+that run and is not measured yet.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ Per token t of sequence i (mask m, advantage A_i or A_it, log-probs under the po
   (weight then penalty, the order TRL uses).
 
 Aggregation (``loss_type``), with normalisers for the WHOLE rollout batch passed in so that the sum of
-micro-batch losses equals the loss of the batch (gradient accumulation is then exact):
+micro-batch losses equals the loss of the batch (gradient accumulation is then exact). ``|o_i|`` and
+``N_tok`` count the tokens sampled, also where the mask trains fewer of them (``credit``), so a
+token's weight does not depend on which of its neighbours are trained:
 
 * ``grpo`` (Shao et al. 2024): ``(1 / N_seq) sum_i (1 / |o_i|) sum_t l_it``
 * ``dapo`` (Yu et al. 2025, token-level): ``(1 / N_tok) sum_i sum_t l_it``
@@ -54,19 +56,25 @@ def aggregate(
     total_sequences: int | None = None,
     total_tokens: int | None = None,
     max_completion_length: int | None = None,
+    sequence_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reduce a ``[B, T]`` per-token loss to a scalar as ``loss_type`` says (module docstring).
 
     ``total_sequences`` / ``total_tokens`` are the counts of the whole rollout batch (default: this
-    micro-batch's); ``max_completion_length`` is required for ``dr_grpo``.
+    micro-batch's); ``max_completion_length`` is required for ``dr_grpo``; ``sequence_lengths``
+    (``[B]``) are the sampled tokens of each row, ``grpo``'s ``|o_i|`` (default: ``mask.sum(-1)``).
     """
     summed = torch.where(mask, per_token, 0.0)
     n_seq = per_token.shape[0] if total_sequences is None else total_sequences
     if loss_type == "grpo":
-        per_seq = summed.sum(-1) / mask.sum(-1).clamp(min=1)
+        lengths = mask.sum(-1) if sequence_lengths is None else sequence_lengths.to(summed.device)
+        per_seq = summed.sum(-1) / lengths.clamp(min=1)
         return per_seq.sum() / max(n_seq, 1)
     if loss_type == "dapo":
-        n_tok = int(mask.sum()) if total_tokens is None else total_tokens
+        if total_tokens is None:
+            n_tok = int(mask.sum() if sequence_lengths is None else sequence_lengths.sum())
+        else:
+            n_tok = total_tokens
         return summed.sum() / max(n_tok, 1)
     if loss_type == "dr_grpo":
         if max_completion_length is None or max_completion_length < 1:
@@ -110,12 +118,14 @@ def policy_loss(
     total_sequences: int | None = None,
     total_tokens: int | None = None,
     max_completion_length: int | None = None,
+    sequence_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped, importance-corrected, optionally KL-penalised policy loss of one micro-batch.
 
     ``logprobs`` (with grad), ``old_logprobs``, ``engine_logprobs``, ``ref_logprobs``: ``[B, T]`` fp32
     log-probs of the sampled tokens; ``advantages``: ``[B]`` (one per sequence) or ``[B, T]``;
-    ``mask``: ``[B, T]`` bool, True on tokens the policy sampled. Pass the whole rollout batch's
+    ``mask``: ``[B, T]`` bool, True on the tokens to train (those the policy sampled, or fewer of them:
+    then pass ``sequence_lengths``, the sampled tokens of each row). Pass the whole rollout batch's
     ``total_sequences`` / ``total_tokens`` so micro-batch losses add up to the batch loss.
 
     Returns the loss and metrics (floats, each a mean over THIS micro-batch, fit for averaging over
@@ -167,7 +177,9 @@ def policy_loss(
             raise ValueError("beta > 0 needs ref_logprobs (the reference policy's log-probs); or set beta=0")
         per_token = per_token + cfg.beta * k3_kl(logprobs, ref_logprobs)
 
-    loss = aggregate(per_token, mask, cfg.loss_type, total_sequences, total_tokens, max_completion_length)
+    loss = aggregate(
+        per_token, mask, cfg.loss_type, total_sequences, total_tokens, max_completion_length, sequence_lengths
+    )
 
     with torch.no_grad():
         r = ratio.detach()
@@ -176,7 +188,7 @@ def policy_loss(
         r_min, r_max = _masked_min_max(r, mask)
         metrics |= {
             "loss/policy": aggregate(
-                per_token.detach(), mask, cfg.loss_type, None, None, max_completion_length
+                per_token.detach(), mask, cfg.loss_type, None, None, max_completion_length, sequence_lengths
             ),
             "clip/fraction": _masked_mean((low | high).float(), mask),
             "clip/low_fraction": _masked_mean(low.float(), mask),

@@ -21,10 +21,13 @@ class MicroBatch:
     action_mask: torch.Tensor
     engine_logprobs: torch.Tensor  # [B, T] fp32, 0 off the action mask
     advantages: torch.Tensor  # [B] fp32
+    # [B]: the tokens each row's policy sampled, trained or not (the loss's length normalisers count these)
+    sequence_lengths: torch.Tensor
 
     @property
     def num_tokens(self) -> int:
-        return int(self.action_mask.sum())
+        """Tokens the policy sampled in this micro-batch (the loss may train fewer: ``action_mask``)."""
+        return int(self.sequence_lengths.sum())
 
 
 def make_micro_batches(
@@ -55,7 +58,9 @@ def make_micro_batches(
     ]  # fmt: skip
     masks = loss_masks if loss_masks is not None else [e.action_mask for e in episodes]
     return [
-        _pack([episodes[i] for i in index], [masks[i] for i in index], index, advantages[index], pad_id, device)
+        _pack(
+            [episodes[i] for i in index], index, advantages[index], pad_id, device, [masks[i] for i in index]
+        )
         for index in groups
     ]
 
@@ -73,8 +78,15 @@ def _by_tokens(chosen: list[int], length: list[int], max_tokens: int) -> list[li
 
 
 def _pack(
-    episodes: list[Episode], masks: list[list[bool]], index: list[int], advantages, pad_id: int, device
+    episodes: list[Episode],
+    index: list[int],
+    advantages,
+    pad_id: int,
+    device,
+    masks: list[list[bool]] | None = None,
 ) -> MicroBatch:
+    """One micro-batch of ``episodes``; ``masks``: the loss's tokens of each (default: its action mask)."""
+    masks = masks if masks is not None else [e.action_mask for e in episodes]
     length = max(len(e.prompt_ids) + len(e.completion_ids) for e in episodes)
     shape = (len(episodes), length)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -94,4 +106,5 @@ def _pack(
         action_mask=action_mask.to(device),
         engine_logprobs=engine_logprobs.to(device),
         advantages=advantages.to(device=device, dtype=torch.float32),
+        sequence_lengths=torch.tensor([e.num_generated for e in episodes], device=device),
     )

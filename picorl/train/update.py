@@ -291,7 +291,7 @@ def optimize(ctx: UpdateContext, batches: list[MicroBatch], max_completion_lengt
                 loss, m = losses.policy_loss(
                     logprobs, old, targets[i][0] if ppo else mb.advantages, mb.action_mask, algo,
                     engine_logprobs=mb.engine_logprobs, ref_logprobs=refs[i],
-                    max_completion_length=max_completion_length, **totals,
+                    max_completion_length=max_completion_length, sequence_lengths=mb.sequence_lengths, **totals,
                 )  # fmt: skip
                 if ppo:
                     returns = targets[i][1]

@@ -72,6 +72,8 @@ def test_divergence_credit_reaches_the_micro_batches():
     # prompt of 2 tokens, then the completion: only the wrong completion's token 9 is trained of it
     assert mb.action_mask[rows[1]].tolist() == [False, False, False, False, True, False]
     assert mb.action_mask[rows[0]].tolist() == [False, False, True, True, True, True]
+    # the length normalisers still count every sampled token of the blamed completion
+    assert mb.sequence_lengths.tolist() == [4, 4] and mb.num_tokens == 8
     assert credited_masks(episodes, rewards, advantages, "sequence") == (None, {})
 
 

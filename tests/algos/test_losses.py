@@ -207,3 +207,22 @@ def test_kl_is_zero_when_reference_equals_policy_and_positive_otherwise():
     loss.backward()
     # d k3 / d lp = 1 - e^(ref - lp): -0.6487213 and 0.3934693, times beta / 2 tokens
     torch.testing.assert_close(lp.grad, T([[-0.6487213, 0.3934693]]) * 0.05, atol=1e-7, rtol=0)
+
+
+def test_sequence_lengths_count_sampled_tokens_that_the_mask_does_not_train():
+    # one row of 4 sampled tokens of which only the third is trained (credit = divergence): its loss
+    # -A * ratio = -(-2) * 1 = 2 is divided by the 4 tokens sampled (grpo) or the batch's 4 (dapo),
+    # not by the 1 trained, so the token weighs what it would if its neighbours were trained too
+    mask = T([[False, False, True, False]])
+    for loss_type in ("grpo", "dapo"):
+        lp = leaf([[-0.1, -0.2, -0.5, -0.3]])
+        loss, metrics = policy_loss(
+            lp, lp.detach(), T([-2.0]), mask, cfg(loss_type=loss_type), sequence_lengths=T([4])
+        )
+        assert loss.item() == pytest.approx(0.5, abs=1e-7), loss_type
+        assert metrics["loss/policy"] == pytest.approx(0.5, abs=1e-7)
+        loss.backward()
+        torch.testing.assert_close(lp.grad, T([[0.0, 0.0, 0.5, 0.0]]), atol=1e-7, rtol=0)
+    lp = leaf([[-0.1, -0.2, -0.5, -0.3]])
+    unnormalised, _ = policy_loss(lp, lp.detach(), T([-2.0]), mask, cfg(loss_type="grpo"))
+    assert unnormalised.item() == pytest.approx(2.0, abs=1e-7)  # without them: the trained token alone

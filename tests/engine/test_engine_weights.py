@@ -64,7 +64,9 @@ def test_every_weight_read_is_the_trainers_tensor(lora_model, random_prompts) ->
     fused = [f for layer in engine.runner.fusion for f in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     assert all(f is not None for f in fused), "plain LoRA layers run their base weights as one GEMM"
     o_proj = model.base_model.model.model.layers[0].self_attn.o_proj
-    assert fused[1].weight.data_ptr() == o_proj.base_layer.weight.data_ptr(), "a group of one keeps its weight"
+    assert fused[1].weight.data_ptr() == o_proj.base_layer.weight.data_ptr(), (
+        "a group of one keeps its weight"
+    )
     attn = model.base_model.model.model.layers[0].self_attn
     assert (
         attn.k_proj.base_layer.weight.untyped_storage().data_ptr()
