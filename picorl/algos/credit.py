@@ -50,12 +50,15 @@ def divergence_points(
     advantage implies a better sibling under every group baseline; without one (a batch baseline,
     REINFORCE) the whole completion is its own divergence: index 0."""
     ids = [torch.tensor(list(c), dtype=torch.long) for c in completions]
+    members: dict[int, list[int]] = {}
+    for j, group in enumerate(groups):
+        members.setdefault(group, []).append(j)
     points: list[int | None] = []
     for i, (reward, advantage, group) in enumerate(zip(rewards, advantages, groups)):
         if advantage >= 0:
             points.append(None)
             continue
-        better = [j for j in range(len(ids)) if groups[j] == group and rewards[j] > reward]
+        better = [j for j in members[group] if rewards[j] > reward]
         points.append(max((_common_prefix(ids[i], ids[j]) for j in better), default=0))
     return points
 

@@ -56,13 +56,11 @@ def make_micro_batches(
     groups = _by_tokens(chosen, length, max_tokens) if max_tokens else [
         chosen[start : start + micro_batch_size] for start in range(0, len(chosen), micro_batch_size)
     ]  # fmt: skip
-    masks = loss_masks if loss_masks is not None else [e.action_mask for e in episodes]
-    return [
-        _pack(
-            [episodes[i] for i in index], index, advantages[index], pad_id, device, [masks[i] for i in index]
-        )
-        for index in groups
-    ]
+    batches = []
+    for index in groups:
+        masks = None if loss_masks is None else [loss_masks[i] for i in index]
+        batches.append(_pack([episodes[i] for i in index], index, advantages[index], pad_id, device, masks))
+    return batches
 
 
 def _by_tokens(chosen: list[int], length: list[int], max_tokens: int) -> list[list[int]]:

@@ -273,10 +273,10 @@ def supervised_stage(
     ``start_step``, ``optimizer_state`` and ``after_step`` of :func:`picorl.train.sft.run_sft`."""
     sft = config.sft
     envs = {tier: env_factory(config, [tier], ctx.tokenizer)() for tier in sft.sft_tiers}
+    template_kwargs = next(iter(envs.values())).chat_template_kwargs  # one env config, every tier
 
     def demonstrate(tasks: list[tuple[int, int]]) -> list[tuple[list[int], int]]:
         chats = [envs[tier].demonstration(seed) for tier, seed in tasks]
-        template_kwargs = next(iter(envs.values())).chat_template_kwargs  # one env config, every tier
         return demonstration_tokens(ctx.tokenizer, chats, **template_kwargs)
 
     def log(step: int, metrics: dict[str, float]) -> None:
