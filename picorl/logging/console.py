@@ -63,6 +63,7 @@ def format_update_line(step: int, total: int, metrics: dict[str, Any]) -> str:
         _fmt("zero-var", m("groups/zero_variance_fraction"), ".2f"),
         _fmt("loss", m("loss/policy"), ".3g"),
         _fmt("gnorm", m("grad/norm"), ".3g"),
+        _skipped(m("train/skipped_steps")),
         _join(
             _fmt("len", m("tokens/completion_mean"), ".0f"),
             _fmt("trunc", m("tokens/truncated_fraction"), ".2f"),
@@ -108,11 +109,18 @@ def format_eval_lines(step: int, metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _skipped(count: float | None) -> str | None:
+    """``skipped N``: optimizer steps skipped on a non-finite gradient so far (shown once there are any)."""
+    return f"skipped {count:.0f} steps (non-finite gradient)" if count else None
+
+
 def format_sft_line(sft_step: int, total: int, metrics: dict[str, Any]) -> str:
     """One line per SFT warm-up step (or its closing summary), e.g. ``sft 10/50 | loss 0.842``."""
     segments = [
         f"sft {sft_step}/{total}",
         _fmt("loss", _get(metrics, "sft/loss"), ".4g"),
+        _fmt("gnorm", _get(metrics, "sft/grad_norm"), ".3g"),
+        _skipped(_get(metrics, "sft/skipped_steps")),
         _fmt("tok/s", _get(metrics, "sft/tokens_per_s"), ",.0f"),
         _fmt("lr", _get(metrics, "sft/lr"), ".2e"),
         _fmt("post-sft format", _get(metrics, "sft/post_format_compliance"), ".2f"),

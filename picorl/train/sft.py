@@ -31,6 +31,7 @@ import torch
 from picorl import distributed
 from picorl.rollout.episodes import prompt_text
 from picorl.runtime import SFT_SEEDS_START
+from picorl.train.guard import FiniteStepGuard
 from picorl.train.logprobs import chosen_token_logprobs
 from picorl.train.policy import trainable_parameters
 from picorl.train.step_options import adapter_input_casts_off
@@ -172,8 +173,9 @@ def run_sft(
     autocast: bool = False,
 ) -> float:
     """Train on the reply tokens of ``stream``'s batches for its steps; ``log(step, metrics)`` after
-    each (1-based step; ``sft/loss``, ``sft/tokens_per_s``, ``sft/lr``, ``sft/pad_fraction``,
-    ``sft/mean_tier``). A batch larger than ``micro_batch_tokens`` (padded) is split into micro-batches
+    each (1-based step; ``sft/loss``, ``sft/grad_norm``, ``sft/skipped_steps``, ``sft/tokens_per_s``,
+    ``sft/lr``, ``sft/pad_fraction``, ``sft/mean_tier``). A step whose gradient norm is not finite is
+    skipped, and three in a row stop SFT with :class:`~picorl.train.guard.NonFiniteGradients`. A batch larger than ``micro_batch_tokens`` (padded) is split into micro-batches
     whose gradients add up to the batch's. Returns the last loss.
 
     Resuming: ``start_step`` steps already done and the optimizer's ``optimizer_state`` then; a step's
@@ -192,17 +194,21 @@ def run_sft(
     model.train()
     loss_value = float("nan")
     device = torch.device(device)
+    fix = f"Lower --sft-lr (now {lr:g})"
+    if autocast:
+        fix += " or turn bf16 adapter math off (--no-sft-autocast)"
+    guard = FiniteStepGuard("SFT", fix)
     with adapter_input_casts_off(model, autocast):
         for step in range(start_step, stream.steps):
-            loss_value = _sft_step(model, tokenizer, stream, optimizer, params, step, lr, device,
+            loss_value = _sft_step(model, tokenizer, stream, optimizer, params, guard, step, lr, device,
                                    micro_batch_tokens, autocast, log)  # fmt: skip
             if after_step is not None:
                 after_step(step + 1, optimizer)
     return loss_value
 
 
-def _sft_step(model, tokenizer, stream, optimizer, params, step: int, lr: float, device, micro_batch_tokens: int,
-              autocast: bool, log) -> float:
+def _sft_step(model, tokenizer, stream, optimizer, params, guard: FiniteStepGuard, step: int, lr: float, device,
+              micro_batch_tokens: int, autocast: bool, log) -> float:
     """One step of :func:`run_sft`: its batch's micro-batches, the optimizer step, the log row; the loss."""
     t0 = time.perf_counter()
     for group in optimizer.param_groups:
@@ -225,15 +231,18 @@ def _sft_step(model, tokenizer, stream, optimizer, params, step: int, lr: float,
         loss.backward()
         loss_sum += loss.detach()
     distributed.all_reduce_gradients(params)  # both no-ops in one process
-    loss_value = distributed.all_reduce_sum(loss_sum.item())
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # the same on every rank, after the all-reduce
+    local_loss, norm = torch.stack([loss_sum, grad_norm.to(loss_sum.dtype)]).tolist()  # one wait for the GPU
+    loss_value = distributed.all_reduce_sum(local_loss)
+    guard.step(optimizer, norm, f"SFT step {step + 1}")
     optimizer.zero_grad(set_to_none=True)
     tokens = sum(len(d.ids) for d in batch)
     log(
         step + 1,
         {
             "sft/loss": loss_value,
+            "sft/grad_norm": norm,
+            "sft/skipped_steps": guard.skipped,
             "sft/lr": optimizer.param_groups[0]["lr"],
             "sft/tokens_per_s": tokens / (time.perf_counter() - t0),
             "sft/pad_fraction": 1 - tokens / (longest * len(batch)),

@@ -27,6 +27,7 @@ from picorl.envs.base import Env
 from picorl.rollout.episodes import Episode, run_episodes
 from picorl.runtime import train_task_seeds
 from picorl.train.batch import MicroBatch, make_micro_batches
+from picorl.train.guard import FiniteStepGuard
 from picorl.train.logprobs import chosen_token_logprobs
 from picorl.train.policy import weights_swapped
 from picorl.train.step_options import (
@@ -57,6 +58,8 @@ class UpdateContext:
     compiled_decoder: CompiledDecoder = field(default_factory=CompiledDecoder)  # compile_train
     # kl_reference = "start": the trained weights as RL found them (the trainer copies them at RL's start)
     reference_weights: dict[str, torch.Tensor] | None = None
+    # optimizer steps on a non-finite gradient norm are skipped; a run of them stops RL (picorl.train.guard)
+    step_guard: FiniteStepGuard = field(default_factory=lambda: FiniteStepGuard("RL", "Lower --lr"))
 
 
 def collect(
@@ -308,19 +311,21 @@ def optimize(ctx: UpdateContext, batches: list[MicroBatch], max_completion_lengt
                     metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * len(mb.index)
             distributed.all_reduce_gradients(_trained_parameters(ctx))
             grad_norm = _clip(ctx)
-            ctx.optimizer.step()
+            ctx.step_guard.step(ctx.optimizer, grad_norm, f"optimizer step {steps + 1} of an update")
             ctx.lr_scheduler.step()
             ctx.optimizer.zero_grad(set_to_none=True)
             steps += 1
     d = torch.cat(diffs) if diffs else torch.zeros(0)
     if distributed.active():
-        return _global_metrics(metric_sums, d, totals["total_sequences"] * steps, grad_norm, steps)
-    metrics = {key: value / (totals["total_sequences"] * steps) for key, value in metric_sums.items()}
-    metrics["grad/norm"] = grad_norm
-    metrics["train/optimizer_steps"] = float(steps)
-    if d.numel():
-        metrics["engine/logprob_diff_mean"] = float(d.mean())
-        metrics["engine/logprob_diff_max"] = float(d.max())
+        metrics = _global_metrics(metric_sums, d, totals["total_sequences"] * steps, grad_norm, steps)
+    else:
+        metrics = {key: value / (totals["total_sequences"] * steps) for key, value in metric_sums.items()}
+        metrics["grad/norm"] = grad_norm
+        metrics["train/optimizer_steps"] = float(steps)
+        if d.numel():
+            metrics["engine/logprob_diff_mean"] = float(d.mean())
+            metrics["engine/logprob_diff_max"] = float(d.max())
+    metrics["train/skipped_steps"] = float(ctx.step_guard.skipped)  # over the run so far (this process)
     return metrics
 
 
