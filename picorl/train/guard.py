@@ -3,7 +3,7 @@
 One step on a NaN or infinite gradient writes NaN into every trained weight: the loss is NaN from
 then on and the rest of the run trains nothing, while still spending its GPU time (seen: Qwen2.5-
 Coder-0.5B, LoRA SFT at lr 1e-3 with bf16 adapter math, loss NaN from step 34 of 300 and every eval
-after it 0.000; H200, 2026-12-02). So a step whose clipped norm is not finite is skipped (the
+after it 0.000; H200, 2026-12-02). So a step whose gradient norm is not finite is skipped (the
 weights stay as they were, the gradients are dropped by the caller's ``zero_grad``) and counted; a
 transient overflow then costs one batch. Gradients that stay non-finite mean the settings diverge:
 after ``limit`` skips in a row the run stops with an error that names the setting to change, and its

@@ -174,9 +174,10 @@ def run_sft(
 ) -> float:
     """Train on the reply tokens of ``stream``'s batches for its steps; ``log(step, metrics)`` after
     each (1-based step; ``sft/loss``, ``sft/grad_norm``, ``sft/skipped_steps``, ``sft/tokens_per_s``,
-    ``sft/lr``, ``sft/pad_fraction``, ``sft/mean_tier``). A step whose gradient norm is not finite is
-    skipped, and three in a row stop SFT with :class:`~picorl.train.guard.NonFiniteGradients`. A batch larger than ``micro_batch_tokens`` (padded) is split into micro-batches
-    whose gradients add up to the batch's. Returns the last loss.
+    ``sft/lr``, ``sft/pad_fraction``, ``sft/mean_tier``). A batch larger than ``micro_batch_tokens``
+    (padded) is split into micro-batches whose gradients add up to the batch's. A step whose gradient
+    norm is not finite is skipped, and three in a row stop SFT (:mod:`picorl.train.guard`). Returns
+    the last loss.
 
     Resuming: ``start_step`` steps already done and the optimizer's ``optimizer_state`` then; a step's
     batch depends on its number only, so a resumed SFT trains on what an uninterrupted one would.
