@@ -217,6 +217,12 @@ class SFTConfig:
         "Run SFT's forward and backward under bf16 autocast, the LoRA adapter products included (as "
         "train_autocast does for RL); the optimizer keeps fp32 adapter weights. For GPUs; off by default.",
     )
+    sft_stitch_fraction: float = opt(
+        0.0,
+        "Share of SFT's random-string demonstrations (tiers 6-10) whose string is stitched from the "
+        "tokenizer's alphabetic tokens of 4+ letters instead of drawn letter by letter, so the model "
+        "learns to spell the long tokens it misspells; eval and RL strings are never stitched (0 = off).",
+    )
 
     def __post_init__(self) -> None:
         check(self.sft_steps is None or self.sft_steps >= 0, f"sft_steps must be >= 0, got {self.sft_steps}")
@@ -227,6 +233,10 @@ class SFTConfig:
             f"sft_tiers must be tiers in 1..10, got {self.sft_tiers}",
         )
         check(self.sft_micro_batch_tokens >= 1, "sft_micro_batch_tokens must be >= 1")
+        check(
+            0.0 <= self.sft_stitch_fraction <= 1.0,
+            f"sft_stitch_fraction must be in [0, 1], got {self.sft_stitch_fraction}",
+        )
 
 
 @dataclass

@@ -53,12 +53,30 @@ def eval_task_seeds(tier: int, num_tasks: int, eval_seed: int) -> list[int]:
     return [EVAL_SEEDS_START + eval_seed * 1_000_003 + tier * 100_000 + i for i in range(num_tasks)]
 
 
-def env_factory(config: Config, tiers: list[int] | None = None, tokenizer=None) -> Callable[[], Env]:
+def env_factory(
+    config: Config, tiers: list[int] | None = None, tokenizer=None, stitch_fraction: float = 0.0
+) -> Callable[[], Env]:
     """Fresh environments as ``config.env`` says, on ``tiers`` (default: the training tiers).
-    ``tokenizer``: the model's, for demonstrations in the ``pieces`` reasoning format."""
+    ``tokenizer``: the model's, for demonstrations in the ``pieces`` reasoning format and for
+    ``stitch_fraction`` (SFT's share of random strings stitched from its long tokens)."""
     env = config.env
-    extra = {"text_pieces": token_pieces(tokenizer)} if tokenizer is not None and env.cot == "pieces" else {}
+    extra: dict[str, object] = {}
+    if tokenizer is not None and env.cot == "pieces":
+        extra["text_pieces"] = token_pieces(tokenizer)
+    if stitch_fraction:
+        if tokenizer is None:
+            raise ValueError("stitched SFT strings are built from the model's tokens: pass its tokenizer")
+        extra["stitch_pieces"] = long_alphabetic_tokens(tokenizer)
+        extra["stitch_fraction"] = stitch_fraction
     return partial(make_env, env.env, difficulty=tiers or env.train_difficulty, **env.kwargs(), **extra)
+
+
+def long_alphabetic_tokens(tokenizer, min_letters: int = 4) -> list[str]:
+    """The tokens of ``tokenizer`` that are ``min_letters`` or more lowercase a-z letters and nothing
+    else (no space marker: the pieces a string is cut into after its first token), sorted. SmolLM2's
+    vocabulary has 9,377; they are the pieces it misspells (2- and 3-letter ones it spells right)."""
+    vocab = tokenizer.get_vocab()
+    return sorted(t for t in vocab if len(t) >= min_letters and t.isascii() and t.isalpha() and t.islower())
 
 
 def token_pieces(tokenizer) -> Callable[[str], list[str]]:

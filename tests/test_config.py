@@ -45,6 +45,7 @@ def test_saved_config_round_trips(tmp_path):
         ({"nope": {}}, "unknown config section"),
         ({"model": {"dtype": "int3"}}, "dtype must be"),
         ({"algo": {"kl_reference": "sft"}}, "kl_reference must be"),
+        ({"sft": {"sft_stitch_fraction": 1.5}}, "sft_stitch_fraction must be in [0, 1]"),
         (
             {"model": {"full_finetune": True}, "algo": {"beta": 0.1, "kl_reference": "base"}},
             "a full fine-tune has no adapter: use --kl-reference start",

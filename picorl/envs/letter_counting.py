@@ -33,6 +33,11 @@ How a task is drawn (all from one ``random.Random``, so a seed fixes the task):
   occur is placed once, the rest of the string is uniform over the letters not meant to be absent,
   then shuffled. (If all 26 letters came up absent, one is made present so the string has an
   alphabet.) So presence really follows p on every tier.
+- Stitched strings (SFT demonstrations only, ``stitch_fraction`` of the random-string tasks): the same
+  letters and presence, but the filler is whole pieces (the model tokenizer's alphabetic tokens of
+  4+ letters, ``picorl.runtime.long_alphabetic_tokens``) cut to length. Why: after SFT on the
+  'pieces' trace, 43 of SmolLM2's 55 wrong answers on tiers 6-8 were a token of 4+ letters spelled
+  wrong, and random strings hold about one such token per three tasks (2026-12-02, fifth session).
 """
 
 from __future__ import annotations
@@ -141,13 +146,42 @@ def _random_string_task(spec: TierSpec, n: int, p: float, rng: random.Random) ->
     return "".join(chars), letters
 
 
-def make_task(tier: int, rng: random.Random) -> LetterTask:
-    """Draw one task of ``tier`` from ``rng`` (see the module docstring for how)."""
+def _stitched_string_task(
+    spec: TierSpec, n: int, p: float, rng: random.Random, pieces: Sequence[str]
+) -> tuple[str, list[str]]:
+    """As :func:`_random_string_task` (the same letters asked, present and absent), but the filler is
+    whole ``pieces`` (those without an absent letter) instead of single letters, cut to length; each
+    present letter is then put in at a random place."""
+    length = rng.randint(spec.min_len, spec.max_len)
+    letters = rng.sample(ALPHABET, n)
+    present = [c for c in letters if rng.random() < p]
+    if n == len(ALPHABET) and not present:
+        present = [rng.choice(letters)]
+    absent = set(letters) - set(present)
+    usable = [piece for piece in pieces if absent.isdisjoint(piece)]
+    fill_from = [c for c in ALPHABET if c not in absent]
+    chars: list[str] = []
+    while len(chars) < length - len(present):
+        chars.extend(rng.choice(usable) if usable else rng.choice(fill_from))
+    del chars[length - len(present) :]
+    for c in present:
+        chars.insert(rng.randrange(len(chars) + 1), c)
+    return "".join(chars), letters
+
+
+def make_task(tier: int, rng: random.Random, stitch_pieces: Sequence[str] | None = None) -> LetterTask:
+    """Draw one task of ``tier`` from ``rng`` (see the module docstring for how). ``stitch_pieces``:
+    build a random string (tiers 6-10) from these pieces instead of letter by letter (SFT data only:
+    the tokenizer's long tokens, whose spelling the model has to learn; ``LetterCounting``)."""
     spec = TIERS[_check_tier(tier)]
     n = _n_letters(spec, rng)
     p = rng.uniform(*PRESENCE_RANGE)
-    build = _random_string_task if spec.random_text else _word_task
-    text, letters = build(spec, n, p, rng)
+    if not spec.random_text:
+        text, letters = _word_task(spec, n, p, rng)
+    elif stitch_pieces:
+        text, letters = _stitched_string_task(spec, n, p, rng, stitch_pieces)
+    else:
+        text, letters = _random_string_task(spec, n, p, rng)
     return LetterTask(text, tuple(letters), tuple(text.count(c) for c in letters), tier)
 
 
@@ -227,6 +261,8 @@ class LetterCounting(Env):
         cot: CotFormat = "scan",
         thinking: bool = False,
         text_pieces: Callable[[str], list[str]] | None = None,
+        stitch_pieces: Sequence[str] = (),
+        stitch_fraction: float = 0.0,
     ) -> None:
         is_list = isinstance(difficulty, Sequence) and not isinstance(difficulty, str)
         tiers = list(difficulty) if is_list else [difficulty]
@@ -243,6 +279,14 @@ class LetterCounting(Env):
         self.thinking = thinking
         # How the model's tokenizer cuts a string (the ``pieces`` format's demonstrations need it).
         self.text_pieces = text_pieces
+        # SFT data only: this share of the random strings is stitched from these pieces (the
+        # tokenizer's long alphabetic tokens, which a small model misspells; see make_task).
+        if not 0.0 <= stitch_fraction <= 1.0:
+            raise ValueError(f"stitch_fraction must be in [0, 1], got {stitch_fraction}")
+        if stitch_fraction and not stitch_pieces:
+            raise ValueError("stitch_fraction > 0 needs stitch_pieces (the strings to stitch from)")
+        self.stitch_pieces = list(stitch_pieces)
+        self.stitch_fraction = stitch_fraction
         self.task: LetterTask | None = None
 
     @property
@@ -253,9 +297,12 @@ class LetterCounting(Env):
 
     def task_for_seed(self, seed: int) -> LetterTask:
         """The task ``reset(seed)`` asks (no state change)."""
-        rng = random.Random(operator.index(seed))
+        seed = operator.index(seed)
+        rng = random.Random(seed)
         tier = self.tiers[0] if len(self.tiers) == 1 else rng.choice(self.tiers)
-        return make_task(tier, rng)
+        # whether to stitch comes from a stream of its own, so a seed's task is unchanged when it is not
+        stitch = self.stitch_fraction and random.Random(f"stitch-{seed}").random() < self.stitch_fraction
+        return make_task(tier, rng, self.stitch_pieces if stitch else None)
 
     def demonstration(self, seed: int) -> list[Message]:
         """The worked answer to the task of ``seed`` in this env's reasoning format (SFT data)."""

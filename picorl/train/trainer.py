@@ -272,7 +272,7 @@ def supervised_stage(
     """SFT on fresh demonstrations of the env's reasoning format (``picorl.train.sft``). ``resume``:
     ``start_step``, ``optimizer_state`` and ``after_step`` of :func:`picorl.train.sft.run_sft`."""
     sft = config.sft
-    envs = {tier: env_factory(config, [tier], ctx.tokenizer)() for tier in sft.sft_tiers}
+    envs = {tier: env_factory(config, [tier], ctx.tokenizer, sft.sft_stitch_fraction)() for tier in sft.sft_tiers}
     template_kwargs = next(iter(envs.values())).chat_template_kwargs  # one env config, every tier
 
     def demonstrate(tasks: list[tuple[int, int]]) -> list[tuple[list[int], int]]:

@@ -247,3 +247,62 @@ def test_sft_chat_scores_one_on_every_tier(tier):
         for mode in ("partial", "binary"):
             r, info = score(reply["content"], task, mode)
             assert r == 1.0 and info["correct"]
+
+
+LONG_PIECES = "know ment ation tion ship ness ular ough ight ward stro plex".split()
+
+
+def _absent(task: LetterTask) -> set[str]:
+    return {c for c, n in zip(task.letters, task.counts) if n == 0}
+
+
+@pytest.mark.parametrize("tier", [6, 7, 8, 9, 10])
+def test_stitched_strings_ask_the_same_question_of_a_string_made_of_the_pieces(tier):
+    spec, made_of_pieces = TIERS[tier], []
+    for seed in range(60):
+        plain = make_task(tier, random.Random(seed))
+        stitched = make_task(tier, random.Random(seed), LONG_PIECES)
+        assert stitched.letters == plain.letters and _absent(stitched) == _absent(plain)
+        assert spec.min_len <= len(stitched.text) <= spec.max_len
+        assert set(stitched.text) <= set("abcdefghijklmnopqrstuvwxyz")
+        usable = [p for p in LONG_PIECES if _absent(plain).isdisjoint(p)]
+        if usable:  # else the filler falls back to single letters
+            made_of_pieces.append(sum(len(p) * stitched.text.count(p) for p in usable) / len(stitched.text))
+    assert made_of_pieces and statistics.mean(made_of_pieces) > 0.6, made_of_pieces
+
+
+def test_an_env_stitches_its_share_of_seeds_and_leaves_the_others_as_they_were():
+    plain = LetterCounting(7)
+    off = LetterCounting(7, stitch_pieces=LONG_PIECES, stitch_fraction=0.0)
+    half = LetterCounting(7, stitch_pieces=LONG_PIECES, stitch_fraction=0.5)
+    assert all(off.task_for_seed(s) == plain.task_for_seed(s) for s in range(100))
+    changed = [half.task_for_seed(s) != plain.task_for_seed(s) for s in range(400)]
+    assert 150 <= sum(changed) <= 250
+    assert [half.task_for_seed(s) != plain.task_for_seed(s) for s in range(400)] == changed  # by seed
+    words = LetterCounting(3, stitch_pieces=LONG_PIECES, stitch_fraction=1.0)  # word tiers: no strings
+    assert all(words.task_for_seed(s) == LetterCounting(3).task_for_seed(s) for s in range(50))
+
+
+@pytest.mark.parametrize("cot", ["scan", "pieces"])
+def test_stitched_demonstrations_score_one(cot):
+    def cut(text):  # a tokenizer that knows the long pieces
+        out, i = [], 0
+        while i < len(text):
+            n = next((len(p) for p in LONG_PIECES if text.startswith(p, i)), 1)
+            out.append(text[i : i + n])
+            i += n
+        return out
+
+    env = LetterCounting([6, 8], reward_mode="binary", cot=cot, text_pieces=cut,
+                         stitch_pieces=LONG_PIECES, stitch_fraction=1.0)  # fmt: skip
+    for seed in range(20):
+        reply = env.demonstration(seed)[-1]["content"]
+        env.reset(seed)
+        assert env.step(reply).reward == 1.0, reply[-300:]
+
+
+def test_stitching_needs_pieces_and_a_fraction_in_range():
+    with pytest.raises(ValueError, match="stitch_fraction must be in"):
+        LetterCounting(6, stitch_pieces=LONG_PIECES, stitch_fraction=1.5)
+    with pytest.raises(ValueError, match="needs stitch_pieces"):
+        LetterCounting(6, stitch_fraction=0.5)

@@ -111,3 +111,27 @@ def test_step_reports_reasoning_length():
     env = LetterCounting(1)
     env.reset(5)
     assert env.step("ab<answer>1</answer>").info["reasoning_chars"] == 2
+
+
+def test_stitched_sft_strings_put_long_tokens_in_the_pieces_trace():
+    """sft_stitch_fraction: the SFT envs build strings from the tokenizer's long alphabetic tokens, so
+    the 'pieces' demonstrations copy and spell many more 4+ letter pieces than random strings give."""
+    from picorl.config import Config, EnvConfig
+    from picorl.models import load_model_and_tokenizer
+    from picorl.runtime import env_factory, long_alphabetic_tokens
+
+    tokenizer = load_model_and_tokenizer("tiny-qwen3")[1]
+    long_tokens = long_alphabetic_tokens(tokenizer)
+    assert len(long_tokens) > 1000 and long_tokens == sorted(long_tokens)
+    assert all(len(t) >= 4 and t.isascii() and t.isalpha() and t.islower() for t in long_tokens)
+    config = Config(env=EnvConfig(cot="pieces"))
+
+    def long_pieces(env) -> int:
+        replies = [env.demonstration(seed)[-1]["content"] for seed in range(30)]
+        return sum(len(line) - 2 >= 4 for r in replies for line in r.splitlines() if line.startswith("["))
+
+    plain = long_pieces(env_factory(config, [7], tokenizer)())
+    stitched = long_pieces(env_factory(config, [7], tokenizer, stitch_fraction=1.0)())
+    assert stitched > 5 * max(plain, 1), (plain, stitched)
+    with pytest.raises(ValueError, match="pass its tokenizer"):
+        env_factory(config, [7], None, stitch_fraction=0.5)
