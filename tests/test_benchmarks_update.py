@@ -33,6 +33,7 @@ def test_update_benchmark_tiny_cpu(tmp_path):
         assert values[key] > 0, values
     assert math.isnan(values["peak_gib_4b_2048"])  # no GPU: no peak memory
     assert (tmp_path / "train_smollm2_base.txt").read_text().startswith("train phase of one update")
+    assert "rollout parts: wake" in result.stdout  # the rollout's fixed costs, split out
 
 
 def test_last_line_of_shapes_not_run_reads_nan():

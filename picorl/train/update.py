@@ -130,9 +130,16 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
     on_gpu = ctx.device.type == "cuda"
     if on_gpu:  # peaks are the update's own, not those of the evaluation or SFT before it
         torch.cuda.reset_peak_memory_stats(ctx.device)
+    # the rollout's fixed costs, timed on the host: mapping the KV cache back (CUDA virtual memory
+    # maps all of it, sized to the free memory) and releasing it; the rest is generate and the env
+    t_wake = time.perf_counter()
     ctx.engine.wake_up()
+    t_wake = time.perf_counter() - t_wake
     episodes, metrics = collect(ctx, update)
+    t_sleep = time.perf_counter()
     ctx.engine.sleep()
+    metrics["time/engine_wake_s"] = t_wake
+    metrics["time/engine_sleep_s"] = time.perf_counter() - t_sleep
     if on_gpu:  # from here on the peak is training's own: the KV cache is released while it runs
         metrics["memory/rollout_peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / GIB
         torch.cuda.reset_peak_memory_stats(ctx.device)

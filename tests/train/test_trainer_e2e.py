@@ -46,8 +46,11 @@ def test_train_writes_every_artifact(in_tmp):
         "groups/zero_variance_fraction", "advantage/mean_abs", "loss/policy", "grad/norm", "lr",
         "tokens/completion_mean", "tokens/truncated_fraction", "time/rollout_s", "time/train_s", "time/update_s",
         "engine/tokens_per_s", "engine/logprob_diff_mean", "engine/logprob_diff_max",
+        "time/engine_wake_s", "time/engine_sleep_s", "train/skipped_steps",
     ):  # fmt: skip
         assert key in train[0], key
+    assert 0 <= train[0]["time/engine_wake_s"] + train[0]["time/engine_sleep_s"] < train[0]["time/rollout_s"]
+    assert train[0]["train/skipped_steps"] == 0
     for suffix in ("accuracy", "accuracy_low", "accuracy_high", "format_compliance"):
         assert f"eval/tier1/{suffix}" in evals[0] and f"eval/tier2/{suffix}" in evals[0]
     # engine and trainer agree on the sampled tokens' log-probs (fp32 CPU: tiny differences only)
