@@ -131,7 +131,7 @@ def rl_update(ctx: UpdateContext, update: int) -> tuple[dict[str, float], list[E
     if on_gpu:  # peaks are the update's own, not those of the evaluation or SFT before it
         torch.cuda.reset_peak_memory_stats(ctx.device)
     # the rollout's fixed costs, timed on the host: mapping the KV cache back (CUDA virtual memory
-    # maps all of it, sized to the free memory) and releasing it; the rest is generate and the env
+    # maps all of it) and releasing it; the rest of the rollout is generate, the env and the rewards
     t_wake = time.perf_counter()
     ctx.engine.wake_up()
     t_wake = time.perf_counter() - t_wake
