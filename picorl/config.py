@@ -84,6 +84,12 @@ class EnvConfig:
         "this. Off unless set.",
     )
     curriculum_window: int = opt(5, "Updates averaged for the curriculum's promotion rule.")
+    train_stitch_fraction: float = opt(
+        0.0,
+        "Share of RL's training tasks on tiers 6-10 whose random string is stitched from the tokenizer's "
+        "alphabetic tokens of 4+ letters (the pieces a small model misspells), as sft_stitch_fraction does "
+        "for SFT; the eval sets are never stitched (0 = off).",
+    )
 
     def kwargs(self) -> dict[str, object]:
         """Keyword arguments that build this env (besides its tiers) with ``make_env``."""
@@ -95,6 +101,10 @@ class EnvConfig:
         check(
             all(1 <= t <= 10 for t in self.train_difficulty) and self.train_difficulty,
             f"train_difficulty must be tiers in 1..10, got {self.train_difficulty}",
+        )
+        check(
+            0.0 <= self.train_stitch_fraction <= 1.0,
+            f"train_stitch_fraction must be in [0, 1], got {self.train_stitch_fraction}",
         )
         check(
             self.reward_mode in ("partial", "binary"),

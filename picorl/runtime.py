@@ -71,6 +71,12 @@ def env_factory(
     return partial(make_env, env.env, difficulty=tiers or env.train_difficulty, **env.kwargs(), **extra)
 
 
+def train_env_factory(config: Config, tiers: list[int] | None = None, tokenizer=None) -> Callable[[], Env]:
+    """RL's training environments: :func:`env_factory` with ``env.train_stitch_fraction`` of the
+    random strings stitched from ``tokenizer``'s long tokens (the eval uses plain ``env_factory``)."""
+    return env_factory(config, tiers, tokenizer, config.env.train_stitch_fraction)
+
+
 def long_alphabetic_tokens(tokenizer, min_letters: int = 4) -> list[str]:
     """The tokens of ``tokenizer`` that are ``min_letters`` or more lowercase a-z letters and nothing
     else (no space marker: the pieces a string is cut into after its first token), sorted. SmolLM2's

@@ -34,7 +34,7 @@ from picorl.models import load_model_and_tokenizer
 from picorl.models.identity import base_model_record
 from picorl.report.page import refresh_report
 from picorl.rollout.episodes import sample_row
-from picorl.runtime import env_factory, make_engine, pick_device, seed_everything
+from picorl.runtime import env_factory, make_engine, pick_device, seed_everything, train_env_factory
 from picorl.train.checkpoint import (
     restore_optimizer,
     restore_weights,
@@ -114,7 +114,8 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
         ) if main else NullLogger()  # fmt: skip
         engine = make_engine(config, model, tokenizer, device)
         ctx = UpdateContext(
-            config=config, model=model, tokenizer=tokenizer, engine=engine, make_env=env_factory(config),
+            config=config, model=model, tokenizer=tokenizer, engine=engine,
+            make_env=train_env_factory(config, tokenizer=tokenizer),
             optimizer=optimizer, lr_scheduler=lr_scheduler, device=device, value_head=value_head,
         )  # fmt: skip
 
@@ -195,7 +196,7 @@ def _train(plan: RunPlan, device: torch.device, stop: StopRequest) -> Path:
                     history, config.env.train_difficulty, config.env.curriculum_threshold,
                     config.env.curriculum_window,
                 )  # fmt: skip
-                ctx.make_env = env_factory(config, [tier])
+                ctx.make_env = train_env_factory(config, [tier], ctx.tokenizer)
             metrics, episodes = rl_update(ctx, update)
             if curriculum:
                 metrics["curriculum/tier"] = tier
@@ -272,7 +273,8 @@ def supervised_stage(
     """SFT on fresh demonstrations of the env's reasoning format (``picorl.train.sft``). ``resume``:
     ``start_step``, ``optimizer_state`` and ``after_step`` of :func:`picorl.train.sft.run_sft`."""
     sft = config.sft
-    envs = {tier: env_factory(config, [tier], ctx.tokenizer, sft.sft_stitch_fraction)() for tier in sft.sft_tiers}
+    stitch = sft.sft_stitch_fraction
+    envs = {tier: env_factory(config, [tier], ctx.tokenizer, stitch)() for tier in sft.sft_tiers}
     template_kwargs = next(iter(envs.values())).chat_template_kwargs  # one env config, every tier
 
     def demonstrate(tasks: list[tuple[int, int]]) -> list[tuple[list[int], int]]:

@@ -249,7 +249,9 @@ def test_sft_chat_scores_one_on_every_tier(tier):
             assert r == 1.0 and info["correct"]
 
 
-LONG_PIECES = "know ment ation tion ship ness ular ough ight ward stro plex".split()
+LONG_PIECES = [
+    "know", "ment", "ation", "tion", "ship", "ness", "ular", "ough", "ight", "ward", "stro", "plex",
+]  # fmt: skip
 
 
 def _absent(task: LetterTask) -> set[str]:

@@ -135,3 +135,20 @@ def test_stitched_sft_strings_put_long_tokens_in_the_pieces_trace():
     assert stitched > 5 * max(plain, 1), (plain, stitched)
     with pytest.raises(ValueError, match="pass its tokenizer"):
         env_factory(config, [7], None, stitch_fraction=0.5)
+
+
+def test_rl_training_envs_stitch_and_eval_envs_never_do():
+    from picorl.config import build_config
+    from picorl.models import load_model_and_tokenizer
+    from picorl.runtime import env_factory, train_env_factory
+
+    tokenizer = load_model_and_tokenizer("tiny-qwen3")[1]
+    config = build_config({"env": {"train_difficulty": [7], "train_stitch_fraction": 1.0}})
+    train, plain = train_env_factory(config, tokenizer=tokenizer)(), env_factory(config)()
+    changed = sum(train.task_for_seed(s) != plain.task_for_seed(s) for s in range(20))
+    assert changed == 20  # every training string stitched; the eval's env_factory(config, [tier]) is plain
+    off = build_config({"env": {"train_difficulty": [7]}})
+    assert all(train_env_factory(off, tokenizer=tokenizer)().task_for_seed(s) == plain.task_for_seed(s)
+               for s in range(20))  # fmt: skip
+    with pytest.raises(ValueError, match="train_stitch_fraction must be in"):
+        build_config({"env": {"train_stitch_fraction": -0.1}})
