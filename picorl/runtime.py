@@ -58,14 +58,14 @@ def env_factory(
 ) -> Callable[[], Env]:
     """Fresh environments as ``config.env`` says, on ``tiers`` (default: the training tiers).
     ``tokenizer``: the model's, for demonstrations in the ``pieces`` reasoning format and for
-    ``stitch_fraction`` (SFT's share of random strings stitched from its long tokens)."""
+    ``stitch_fraction`` (the share of random strings stitched from its long tokens: training data)."""
     env = config.env
     extra: dict[str, object] = {}
     if tokenizer is not None and env.cot == "pieces":
         extra["text_pieces"] = token_pieces(tokenizer)
     if stitch_fraction:
         if tokenizer is None:
-            raise ValueError("stitched SFT strings are built from the model's tokens: pass its tokenizer")
+            raise ValueError("stitched strings are built from the model's tokens: pass its tokenizer")
         extra["stitch_pieces"] = long_alphabetic_tokens(tokenizer)
         extra["stitch_fraction"] = stitch_fraction
     return partial(make_env, env.env, difficulty=tiers or env.train_difficulty, **env.kwargs(), **extra)

@@ -33,7 +33,7 @@ How a task is drawn (all from one ``random.Random``, so a seed fixes the task):
   occur is placed once, the rest of the string is uniform over the letters not meant to be absent,
   then shuffled. (If all 26 letters came up absent, one is made present so the string has an
   alphabet.) So presence really follows p on every tier.
-- Stitched strings (SFT demonstrations only, ``stitch_fraction`` of the random-string tasks): the same
+- Stitched strings (training data only, ``stitch_fraction`` of the random-string tasks): the same
   letters and presence, but the filler is whole pieces (the model tokenizer's alphabetic tokens of
   4+ letters, ``picorl.runtime.long_alphabetic_tokens``) cut to length. Why: after SFT on the
   'pieces' trace, 43 of SmolLM2's 55 wrong answers on tiers 6-8 were a token of 4+ letters spelled
@@ -171,8 +171,8 @@ def _stitched_string_task(
 
 def make_task(tier: int, rng: random.Random, stitch_pieces: Sequence[str] | None = None) -> LetterTask:
     """Draw one task of ``tier`` from ``rng`` (see the module docstring for how). ``stitch_pieces``:
-    build a random string (tiers 6-10) from these pieces instead of letter by letter (SFT data only:
-    the tokenizer's long tokens, whose spelling the model has to learn; ``LetterCounting``)."""
+    build a random string (tiers 6-10) from these pieces instead of letter by letter (training data
+    only: the tokenizer's long tokens, whose spelling the model has to learn; ``LetterCounting``)."""
     spec = TIERS[_check_tier(tier)]
     n = _n_letters(spec, rng)
     p = rng.uniform(*PRESENCE_RANGE)
@@ -279,8 +279,8 @@ class LetterCounting(Env):
         self.thinking = thinking
         # How the model's tokenizer cuts a string (the ``pieces`` format's demonstrations need it).
         self.text_pieces = text_pieces
-        # SFT data only: this share of the random strings is stitched from these pieces (the
-        # tokenizer's long alphabetic tokens, which a small model misspells; see make_task).
+        # Training data only (never the eval's): this share of the random strings is stitched from
+        # these pieces (the tokenizer's long alphabetic tokens, which a small model misspells).
         if not 0.0 <= stitch_fraction <= 1.0:
             raise ValueError(f"stitch_fraction must be in [0, 1], got {stitch_fraction}")
         if stitch_fraction and not stitch_pieces:
