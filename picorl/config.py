@@ -231,7 +231,7 @@ class SFTConfig:
         0.0,
         "Share of SFT's random-string demonstrations (tiers 6-10) whose string is stitched from the "
         "tokenizer's alphabetic tokens of 4+ letters instead of drawn letter by letter, so the model "
-        "learns to spell the long tokens it misspells; eval and RL strings are never stitched (0 = off).",
+        "learns to spell the long tokens it misspells; the eval's never are (RL's: train_stitch_fraction; 0 = off).",
     )
 
     def __post_init__(self) -> None:
