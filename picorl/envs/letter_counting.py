@@ -133,25 +133,12 @@ def _word_task(spec: TierSpec, n: int, p: float, rng: random.Random) -> tuple[st
     return text, letters
 
 
-def _random_string_task(spec: TierSpec, n: int, p: float, rng: random.Random) -> tuple[str, list[str]]:
-    length = rng.randint(spec.min_len, spec.max_len)
-    letters = rng.sample(ALPHABET, n)
-    present = [c for c in letters if rng.random() < p]
-    if n == len(ALPHABET) and not present:
-        present = [rng.choice(letters)]
-    absent = set(letters) - set(present)
-    fill_from = [c for c in ALPHABET if c not in absent]
-    chars = present + [rng.choice(fill_from) for _ in range(length - len(present))]
-    rng.shuffle(chars)
-    return "".join(chars), letters
-
-
-def _stitched_string_task(
-    spec: TierSpec, n: int, p: float, rng: random.Random, pieces: Sequence[str]
+def _random_string_task(
+    spec: TierSpec, n: int, p: float, rng: random.Random, pieces: Sequence[str] = ()
 ) -> tuple[str, list[str]]:
-    """As :func:`_random_string_task` (the same letters asked, present and absent), but the filler is
-    whole ``pieces`` (those without an absent letter) instead of single letters, cut to length; each
-    present letter is then put in at a random place."""
+    """A random string and the letters to ask (see the module docstring). With ``pieces`` (stitched
+    strings, training data only) the filler is whole pieces without an absent letter, cut to length,
+    and each present letter is put in at a random place; the letters asked are the same."""
     length = rng.randint(spec.min_len, spec.max_len)
     letters = rng.sample(ALPHABET, n)
     present = [c for c in letters if rng.random() < p]
@@ -159,10 +146,14 @@ def _stitched_string_task(
         present = [rng.choice(letters)]
     absent = set(letters) - set(present)
     usable = [piece for piece in pieces if absent.isdisjoint(piece)]
-    fill_from = [c for c in ALPHABET if c not in absent]
+    if not usable:
+        fill_from = [c for c in ALPHABET if c not in absent]
+        chars = present + [rng.choice(fill_from) for _ in range(length - len(present))]
+        rng.shuffle(chars)
+        return "".join(chars), letters
     chars: list[str] = []
     while len(chars) < length - len(present):
-        chars.extend(rng.choice(usable) if usable else rng.choice(fill_from))
+        chars.extend(rng.choice(usable))
     del chars[length - len(present) :]
     for c in present:
         chars.insert(rng.randrange(len(chars) + 1), c)
@@ -176,12 +167,10 @@ def make_task(tier: int, rng: random.Random, stitch_pieces: Sequence[str] | None
     spec = TIERS[_check_tier(tier)]
     n = _n_letters(spec, rng)
     p = rng.uniform(*PRESENCE_RANGE)
-    if not spec.random_text:
-        text, letters = _word_task(spec, n, p, rng)
-    elif stitch_pieces:
-        text, letters = _stitched_string_task(spec, n, p, rng, stitch_pieces)
+    if spec.random_text:
+        text, letters = _random_string_task(spec, n, p, rng, stitch_pieces or ())
     else:
-        text, letters = _random_string_task(spec, n, p, rng)
+        text, letters = _word_task(spec, n, p, rng)
     return LetterTask(text, tuple(letters), tuple(text.count(c) for c in letters), tier)
 
 
