@@ -1,15 +1,20 @@
 """Where one decode step's time goes: the kernels of a case-B decode-graph replay (run on a GPU machine).
 
     PYTHONPATH=. python benchmarks/decode_profile.py        # Qwen3-4B shape, batch 256, context ~1024
+    # SmolLM2 as an RL update runs it: batch 64, LoRA r=32 unmerged, bf16 adapter copies
+    PYTHONPATH=. python benchmarks/decode_profile.py --model smollm2-135m --batch 64 --prompt-len 120 \
+        --lora-rank 32 --adapter-dtype model
 
-Fills the engine's KV cache with 256 prompts of 1016 tokens, decodes 8 tokens (which leaves the
-batch-256 graph's inputs at context ~1024), then replays that graph under the PyTorch profiler and
-prints each kernel's time per replay, grouped into attention, matrix products, compiled (Inductor)
-kernels and the rest, against the replay's own time (the difference is launch gaps in the graph).
+Fills the engine's KV cache with ``--batch`` prompts of ``--prompt-len`` tokens, decodes 8 tokens
+(which leaves the batch's graph inputs at context prompt + 8), then replays that graph under the
+PyTorch profiler and prints each kernel's time per replay, grouped into attention, matrix products,
+compiled (Inductor) kernels and the rest, against the replay's own time (the difference is launch
+gaps in the graph), and the engine's own decode step (host work included) beside it.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine import engine_tokens, random_prompts, random_qwen3_4b  # noqa: E402
+from engine import engine_tokens, load_model, random_prompts  # noqa: E402
 
 from picorl.engine import EngineConfig, LLMEngine  # noqa: E402
 
@@ -46,15 +51,36 @@ def replay_ms(graph: torch.cuda.CUDAGraph, repeats: int = 50) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="qwen3-4b-random", help="qwen3-4b-random | smollm2-135m")
+    parser.add_argument("--batch", type=int, default=256, help="sequences decoding together")
+    parser.add_argument("--prompt-len", type=int, default=1016)
+    parser.add_argument("--lora-rank", type=int, default=0, help="PEFT LoRA on all linear layers, unmerged")
+    parser.add_argument("--adapter-dtype", default="adapter", help="adapter (fp32) | model (bf16)")
+    args = parser.parse_args()
     torch.manual_seed(0)
+    model = load_model(args.model)
+    if args.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear")
+        model = get_peft_model(model, lora).eval()
     engine = LLMEngine(
-        random_qwen3_4b(),
+        model,
         config=EngineConfig(
-            max_num_seqs=256, max_num_batched_tokens=16384, max_model_len=1152, kv_cache_fraction=0.8
+            max_num_seqs=256,
+            max_num_batched_tokens=16384,
+            max_model_len=args.prompt_len + 136,
+            kv_cache_fraction=0.8,
+            adapter_dtype=args.adapter_dtype,
         ),
     )
-    engine_tokens(engine, random_prompts(256, 1016, engine.spec.vocab_size, 3), 8)
-    graph = engine.graphs.graphs[256]
+    prompts = random_prompts(args.batch, args.prompt_len, engine.spec.vocab_size, 3)
+    engine_tokens(engine, prompts, 8)
+    step_ms = 1e3 * engine.last_stats["decode_s"] / engine.last_stats["decode_steps"]
+    graph = engine.graphs.graphs[args.batch]
     wall = replay_ms(graph)
     replays = 5
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -67,13 +93,21 @@ def main() -> None:
             per_kernel[event.name][0] += 1
             per_kernel[event.name][1] += event.time_range.elapsed_us()
     by_category: dict[str, float] = defaultdict(float)
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: batch 256, context ~1024")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}: {args.model}, LoRA r={args.lora_rank} "
+        f"({args.adapter_dtype}), batch {args.batch}, context ~{args.prompt_len + 8}"
+    )
+    launches = 0
     for name, (count, us) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1]):
         by_category[category(name)] += us / replays / 1e3
+        launches += count // replays
         print(f"{us / replays:9.1f} us  x{count // replays:4d}  {name[:100]}")
     kernels = sum(by_category.values())
-    print(f"replay {wall:.3f} ms = kernels {kernels:.3f} ms + gaps {wall - kernels:.3f} ms")
+    print(
+        f"replay {wall:.3f} ms = kernels {kernels:.3f} ms + gaps {wall - kernels:.3f} ms; {launches} kernels a replay"
+    )
     print("; ".join(f"{cat} {ms:.3f} ms" for cat, ms in sorted(by_category.items(), key=lambda kv: -kv[1])))
+    print(f"engine decode step (8 new tokens, host work and sampling included): {step_ms:.3f} ms")
 
 
 if __name__ == "__main__":

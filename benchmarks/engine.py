@@ -194,6 +194,9 @@ def main() -> None:
         "--adapter-dtype", default="adapter", help="with --lora-rank: adapter (fp32, as PEFT) | model (bf16)"
     )
     parser.add_argument(
+        "--no-fold-adapters", action="store_true", help="stacked A as a GEMM of its own, not in the base one"
+    )
+    parser.add_argument(
         "--no-run-ahead", action="store_true", help="wait for each step's tokens before the next step"
     )
     args = parser.parse_args()
@@ -217,6 +220,7 @@ def main() -> None:
         fuse_projections=not args.no_fuse_projections,
         stack_adapters=not args.no_stack_adapters,
         adapter_dtype=args.adapter_dtype,
+        fold_adapters=not args.no_fold_adapters,
     )
     engine = LLMEngine(model, config=config)
     spec = engine.spec
@@ -237,6 +241,14 @@ def main() -> None:
     seconds_a = engine_tokens(engine, prompts_a, 512)
     tps_a = 64 * 512 / seconds_a
     print(f"case A engine: {tps_a:,.0f} tok/s ({seconds_a:.2f} s)", flush=True)
+    stats_a = engine.last_stats
+    step_a = stats_a["decode_s"] / stats_a["decode_steps"]
+    replay_a, sampling_a = step_breakdown(engine, 64)
+    print(  # at batch 64 a small model's step is far below any bandwidth bound: where does it go?
+        f"case A step parts (batch 64): decode step {step_a * 1e3:.2f} ms = graph replay {replay_a * 1e3:.2f} ms "
+        f"+ sampling {sampling_a * 1e3:.2f} ms + host and the rest {(step_a - replay_a - sampling_a) * 1e3:.2f} ms",
+        flush=True,
+    )
 
     prompts_b = random_prompts(256, args.b_prompt_len, spec.vocab_size, 3)
     engine_tokens(engine, prompts_b, 1)  # first prefill of these shapes builds cuDNN plans: not timed

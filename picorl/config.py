@@ -139,9 +139,19 @@ class RolloutConfig:
     kv_cache_fraction: float = opt(
         0.5, "Fraction of the GPU memory left free after the first training step that the KV cache may take."
     )
+    engine_adapter_dtype: str = opt(
+        "adapter",
+        "The dtype the engine's copies of the LoRA adapters multiply in: adapter (theirs, fp32, as PEFT "
+        "computes them in training) or model (the weights', bf16 on a GPU: their A joins the base GEMM; "
+        "the adapter's contribution is rounded to bf16 before it is added).",
+    )
 
     def __post_init__(self) -> None:
         check(self.k >= 1, f"k must be >= 1, got {self.k}")
+        check(
+            self.engine_adapter_dtype in ("adapter", "model"),
+            f"engine_adapter_dtype must be adapter|model, got {self.engine_adapter_dtype!r}",
+        )
         check(self.num_tasks is None or self.num_tasks >= 1, f"num_tasks must be >= 1, got {self.num_tasks}")
         check(
             self.max_tokens is None or self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"

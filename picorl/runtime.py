@@ -123,6 +123,7 @@ def make_engine(config: Config, model, tokenizer, device: torch.device) -> Rollo
         kv_cache_gib=rollout.kv_cache_gib,
         kv_cache_fraction=rollout.kv_cache_fraction if device.type == "cuda" else None,
         max_model_len=max_sequence_length(config),
+        adapter_dtype=rollout.engine_adapter_dtype,
     )
     return LLMEngine(model, tokenizer, engine_config)
 

@@ -45,6 +45,10 @@ class EngineConfig:
     # "model" (the base weights', bf16 on a GPU: tensor-core GEMMs and no casts, the adapter's
     # contribution rounded to bf16 before it is added)
     adapter_dtype: str = "adapter"
+    # with stack_adapters, where the adapters' dtype is the weights' (adapter_dtype "model", or an
+    # fp32 model): copy the stacked A matrices below the group's weights in its buffer, so that one
+    # GEMM computes the base outputs and the rank-r projections and only B's GEMM is added
+    fold_adapters: bool = True
     run_ahead: bool = True  # launch decode step t+1 before step t's tokens reach the host (step_loop)
     fused_sampling: bool = True  # one-pass Triton sampler on CUDA (without top-k / top-p)
     decode_attention: str = "auto"  # auto (Triton on CUDA when importable, else torch) | triton | torch

@@ -57,6 +57,7 @@ class LLMEngine:
             fuse_projections=self.config.fuse_projections,
             stack_adapters=self.config.stack_adapters,
             adapter_dtype=self.config.adapter_dtype,
+            fold_adapters=self.config.fold_adapters,
         )
         self.use_cuda_graphs = self._resolve_cuda_graphs()
         self.builder: DecodeInputBuilder | None = None

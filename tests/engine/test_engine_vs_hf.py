@@ -60,16 +60,20 @@ def test_logprobs_equal_a_forward_pass(arch, tiny_model, random_prompts, hf_logp
             torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("stack_adapters", [True, False])
-def test_peft_lora_model_equals_transformers_generate(tiny_model, random_prompts, hf_greedy, stack_adapters) -> None:
+@pytest.mark.parametrize(("stack_adapters", "fold_adapters"), [(True, True), (True, False), (False, False)])
+def test_peft_lora_model_equals_transformers_generate(
+    tiny_model, random_prompts, hf_greedy, stack_adapters, fold_adapters
+) -> None:
     model = get_peft_model(
         tiny_model("qwen3"), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
     )
     prompts = random_prompts([6, 11])
-    engine = LLMEngine(model, None, EngineConfig(**CONFIG, stack_adapters=stack_adapters))
+    config = EngineConfig(**CONFIG, stack_adapters=stack_adapters, fold_adapters=fold_adapters)
+    engine = LLMEngine(model, None, config)
     out = engine.generate(prompts, SamplingParams(max_tokens=16, temperature=0))
     stacks = [f.lora for layer in engine.runner.fusion for f in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     assert all((s is not None) == stack_adapters for s in stacks)
+    assert all(s.folded == fold_adapters for s in stacks if s is not None)  # fp32 adapters on fp32 weights
     base = tiny_model("qwen3")  # same seed: the model without the adapter
     differs = False
     for prompt, (completion,) in zip(prompts, out):
@@ -88,7 +92,7 @@ def test_adapters_in_the_model_dtype_sample_the_bf16_model_greedily(tiny_model, 
     engine = LLMEngine(model, None, EngineConfig(**CONFIG, adapter_dtype="model"))
     out = engine.generate(prompts, SamplingParams(max_tokens=8, temperature=0))
     stacks = [f.lora for layer in engine.runner.fusion for f in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-    assert stacks and all(s is not None and s.a.dtype == torch.bfloat16 for s in stacks)
+    assert stacks and all(s is not None and s.a.dtype == torch.bfloat16 and s.folded for s in stacks)
     for prompt, (completion,) in zip(prompts, out):
         assert completion.token_ids == hf_greedy(model, prompt, 8)
 

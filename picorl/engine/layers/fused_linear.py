@@ -13,6 +13,11 @@ in one GEMM. Training is untouched (grads and optimizer state are separate tenso
 land in the buffer). The trade-off: we change where the trainer's weights live, not what they are,
 and anything that replaces ``.data`` (``model.to(dtype)``, a PEFT safe-merge) silently un-fuses a
 weight, so the engine checks ``is_intact`` (pointer compares only) each generate and re-fuses.
+
+The buffer may hold spare rows below the weights: a copy of the group's stacked LoRA ``A`` matrices
+(:class:`StackedLora`), when they have the weights' dtype. Then one GEMM yields the base outputs and
+the adapters' rank-r projections side by side, and only the ``B`` GEMM is left: one kernel launch
+fewer per group in every decode step (the adapters' small GEMMs are launch-bound, not arithmetic).
 """
 
 from __future__ import annotations
@@ -37,19 +42,26 @@ class StackedLora:
     a few MB, in the adapters' dtype (the arithmetic stays the adapters' own) or, on request, in the
     base weights' dtype (``EngineConfig.adapter_dtype = "model"``)."""
 
-    a: torch.Tensor  # [sum of ranks, in_features]
+    a: torch.Tensor  # [sum of ranks, in_features]; with ``folded``, the buffer's spare rows
     b: torch.Tensor  # [sum(sizes), sum of ranks]
     layout: tuple[tuple[int, str, int], ...]  # (module index, adapter name, rank) of each block
+    folded: bool = False  # ``a`` lives in ``FusedWeights.buffer`` below the weights: one GEMM for both
 
 
 @dataclass
 class FusedWeights:
     """The buffers that the modules' weights (and biases) are row slices of, in module order."""
 
-    weight: torch.Tensor  # [sum(sizes), in_features]
+    weight: torch.Tensor  # [sum(sizes), in_features]: the first rows of ``buffer``
     bias: torch.Tensor | None  # [sum(sizes)], or None when no module has a bias
     sizes: tuple[int, ...]  # out_features of each module
     lora: StackedLora | None = None  # the group's adapters, stacked (None: each module adds its own)
+    buffer: torch.Tensor | None = None  # [sum(sizes) + spare rows, in_features] (None: ``weight``)
+    bias_buffer: torch.Tensor | None = None  # ``bias`` with zeros for the spare rows
+
+    @property
+    def spare_rows(self) -> int:
+        return 0 if self.buffer is None else self.buffer.shape[0] - self.weight.shape[0]
 
 
 def _lora_linear_type() -> type | None:
@@ -82,10 +94,11 @@ def _dense(t: torch.Tensor) -> bool:
     )
 
 
-def fuse_weights(modules: Sequence[nn.Module]) -> FusedWeights | None:
-    """Re-home the base weights (and biases) of ``modules`` as row slices of one buffer; see the
-    module docstring. One module keeps its own weight as the buffer (a group of one is fused for its
-    stacked adapters). Returns None, touching nothing, when they cannot share one GEMM: a module
+def fuse_weights(modules: Sequence[nn.Module], spare_rows: int = 0) -> FusedWeights | None:
+    """Re-home the base weights (and biases) of ``modules`` as row slices of one buffer with
+    ``spare_rows`` more rows (for folded LoRA ``A`` copies); see the module docstring. One module
+    without spare rows keeps its own weight as the buffer (a group of one is fused for its stacked
+    adapters). Returns None, touching nothing, when they cannot share one GEMM: a module
     without a plain ``nn.Linear`` base, different in_features, dtypes or devices, bias on some but
     not all, a weight that is not a plain contiguous dense tensor, or one Parameter in two modules."""
     linears = [base_linear(m) for m in modules]
@@ -103,19 +116,24 @@ def fuse_weights(modules: Sequence[nn.Module]) -> FusedWeights | None:
     ):
         return None
     sizes = tuple(w.shape[0] for w in weights)
-    if len(weights) == 1:  # a group of one (o, down): its weight is its buffer already, nothing moves
+    if len(weights) == 1 and not spare_rows:  # a group of one (o, down): its weight is its buffer
         return FusedWeights(first.data, None if biases[0] is None else biases[0].data, sizes)
     # Outside inference mode, so the buffers (and so the parameters) stay trainable tensors.
     with torch.inference_mode(False), torch.no_grad():
-        weight = torch.cat([w.data for w in weights])
-        bias = None if biases[0] is None else torch.cat([b.data for b in biases])
+        spare = first.new_zeros(spare_rows, first.shape[1])
+        buffer = torch.cat([w.data for w in weights] + [spare])
+        bias_buffer = None
+        if biases[0] is not None:
+            bias_buffer = torch.cat([b.data for b in biases] + [biases[0].new_zeros(spare_rows)])
         start = 0
         for w, b, n in zip(weights, biases, sizes):
-            w.data = weight[start : start + n]
+            w.data = buffer[start : start + n]
             if b is not None:
-                b.data = bias[start : start + n]
+                b.data = bias_buffer[start : start + n]
             start += n
-    return FusedWeights(weight, bias, sizes)
+    total = sum(sizes)
+    bias = None if bias_buffer is None else bias_buffer[:total]
+    return FusedWeights(buffer[:total], bias, sizes, buffer=buffer, bias_buffer=bias_buffer)
 
 
 def _is_slice(t: torch.Tensor | None, buffer: torch.Tensor, start: int, n: int) -> bool:
@@ -208,6 +226,12 @@ def _adding_adapters(modules: Sequence[nn.Module]) -> list[tuple[int, str]] | No
     return entries
 
 
+def stacked_rank(modules: Sequence[nn.Module]) -> int:
+    """The rows a :class:`StackedLora` of ``modules``' adding adapters has (0: none adds)."""
+    entries = _adding_adapters(modules) or []
+    return sum(modules[i].lora_A[name].weight.shape[0] for i, name in entries)
+
+
 def stack_adapters(
     fused: FusedWeights, modules: Sequence[nn.Module], dtype: torch.dtype | None = None
 ) -> StackedLora | None:
@@ -217,7 +241,8 @@ def stack_adapters(
     stacked (mixed dtypes or devices); then ``fused_forward`` lets each module add its own. Call it
     whenever the adapters may have changed (before each generate), and only where
     ``adapters_supported`` holds. Runs in eval mode, where LoRA dropout is the identity. ``dtype``:
-    that of the copies, and so of the adapters' arithmetic (None: the adapters' own)."""
+    that of the copies, and so of the adapters' arithmetic (None: the adapters' own). When it is the
+    weights' dtype and ``fused`` has enough spare rows, ``A`` is copied there (``folded``)."""
     entries = _adding_adapters(modules)
     if not entries:
         return None
@@ -228,13 +253,26 @@ def stack_adapters(
         return None
     layout = tuple((i, name, w.shape[0]) for (i, name), w in zip(entries, a_weights))
     dtype = dtype or first.dtype
+    rank = sum(r for _, _, r in layout)
+    total = sum(fused.sizes)
+    fold = (
+        fused.spare_rows >= rank and dtype == fused.weight.dtype and first.device == fused.weight.device
+    )
+    a = fused.buffer[total : total + rank] if fold else None
     lora = fused.lora
-    if lora is None or lora.layout != layout or lora.a.dtype != dtype or lora.a.device != first.device:
-        rank = sum(r for _, _, r in layout)
+    if (
+        lora is None
+        or lora.layout != layout
+        or lora.a.dtype != dtype
+        or lora.a.device != first.device
+        or lora.folded != fold
+        or (fold and lora.a.data_ptr() != a.data_ptr())
+    ):
         with torch.inference_mode(False):
-            a = torch.empty(rank, first.shape[1], dtype=dtype, device=first.device)
-            b = torch.zeros(sum(fused.sizes), rank, dtype=dtype, device=first.device)
-        lora = StackedLora(a, b, layout)
+            if not fold:
+                a = torch.empty(rank, first.shape[1], dtype=dtype, device=first.device)
+            b = torch.zeros(total, rank, dtype=dtype, device=first.device)
+        lora = StackedLora(a, b, layout, folded=fold)
     starts = [sum(fused.sizes[:i]) for i in range(len(fused.sizes))]
     column = 0
     with torch.no_grad():
@@ -251,8 +289,16 @@ def fused_forward(fused: FusedWeights, modules: Sequence[nn.Module], x: torch.Te
     not contiguous), plus the LoRA adapters: stacked (``fused.lora``, two GEMMs for the group) or each
     module's own. Valid while ``is_intact`` and ``adapters_supported`` hold and ``fused.lora`` is fresh;
     plain attribute checks only, so torch.compile(fullgraph=True) traces it."""
-    out = F.linear(x, fused.weight, fused.bias)
     lora = fused.lora
+    if lora is not None and lora.folded:  # x @ [W; A].T: base outputs, then the rank-r projections
+        total = sum(fused.sizes)
+        rows = total + lora.a.shape[0]
+        bias = None if fused.bias_buffer is None else fused.bias_buffer[:rows]
+        both = F.linear(x, fused.buffer[:rows], bias)
+        out = both[..., :total]
+        delta = F.linear(both[..., total:], lora.b)
+        return list((out + delta).split(fused.sizes, dim=-1))
+    out = F.linear(x, fused.weight, fused.bias)
     if lora is not None:  # as PEFT: the sum in the adapters' dtype, cast back once
         delta = F.linear(F.linear(x.to(lora.a.dtype), lora.a), lora.b)
         return list((out + delta).to(out.dtype).split(fused.sizes, dim=-1))

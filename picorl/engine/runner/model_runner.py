@@ -29,6 +29,7 @@ from picorl.engine.layers.fused_linear import (
     fused_forward,
     is_intact,
     stack_adapters,
+    stacked_rank,
 )
 from picorl.engine.memory.kv_cache import KVCache
 from picorl.engine.runner.architecture import ModelSpec
@@ -69,6 +70,7 @@ class ModelRunner:
         fuse_projections: bool = False,
         stack_adapters: bool = True,
         adapter_dtype: str = "adapter",
+        fold_adapters: bool = True,
     ) -> None:
         self.spec = spec
         self.decode_attention = decode_attention
@@ -76,6 +78,7 @@ class ModelRunner:
         self.fuse_projections = fuse_projections
         self.stack_adapters = stack_adapters
         self.adapter_dtype = adapter_dtype  # EngineConfig.adapter_dtype
+        self.fold_adapters = fold_adapters  # EngineConfig.fold_adapters
         self.buffers: list[list[FusedWeights | None]] = []  # per layer, per projection group (fused_linear)
         self.fusion = [LayerFusion() for _ in range(spec.num_layers)]
 
@@ -97,11 +100,25 @@ class ModelRunner:
                 if fused is not None and adapters_supported(modules):
                     # this generate's adapter values (None: each PEFT layer adds its own)
                     dtype = fused.weight.dtype if self.adapter_dtype == "model" else None
+                    if self.stack_adapters and self._wants_spare_rows(fused, modules, dtype):
+                        self.buffers[i][g] = fused = fuse_weights(modules, spare_rows=stacked_rank(modules))
                     fused.lora = stack_adapters(fused, modules, dtype) if self.stack_adapters else None
                     usable.append(fused)
                 else:
                     usable.append(None)
             self.fusion[i] = LayerFusion(*usable)
+
+    def _wants_spare_rows(self, fused: FusedWeights, modules: tuple[nn.Module, ...], dtype) -> bool:
+        """Whether the group's stacked A would fold into its buffer (``fold_adapters``, adapters in
+        the weights' dtype) but the buffer lacks the rows (first generate, or ranks grew)."""
+        if not self.fold_adapters:
+            return False
+        rank = stacked_rank(modules)
+        if not rank or rank <= fused.spare_rows:
+            return False
+        first = next(m for m in modules if hasattr(m, "lora_A"))
+        adapter_dtype = next(iter(first.lora_A.values())).weight.dtype
+        return (dtype or adapter_dtype) == fused.weight.dtype
 
     def fusion_signature(self) -> tuple:
         """Changes when a CUDA graph captured over the fused groups would be stale: a group fused or

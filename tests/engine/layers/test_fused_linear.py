@@ -19,6 +19,7 @@ from picorl.engine.layers.fused_linear import (
     fused_forward,
     is_intact,
     stack_adapters,
+    stacked_rank,
 )
 
 
@@ -194,11 +195,16 @@ def test_is_intact_until_a_weight_is_replaced(tiny_model):
     assert not any(is_intact(f, g) for f, g in fused[1:])
 
 
-def test_safe_merge_replaces_the_weight(tiny_model):
+def test_a_safe_merge_is_seen_whether_it_copies_in_place_or_replaces_the_weight(tiny_model):
+    # PEFT < 0.22 replaced ``weight.data`` on a safe merge; 0.22 copies the merged values in place
     peft_model = lora_model(tiny_model, "qwen3")
     f, group = fuse_all(peft_model)[0]
+    k = group[1].base_layer.weight
     group[1].merge(safe_merge=True)
-    assert not is_intact(f, group)
+    in_place = k.data_ptr() == f.weight[group[0].out_features :].data_ptr()
+    assert is_intact(f, group) == in_place
+    if in_place:
+        torch.testing.assert_close(f.weight[group[0].out_features :][: k.shape[0]], k, rtol=0, atol=0)
 
 
 def test_modules_that_cannot_share_a_gemm_are_left_alone(tiny_model):
@@ -361,10 +367,59 @@ def test_engine_config_checks_the_adapter_dtype():
         EngineConfig(adapter_dtype="bf16")
 
 
-def test_stacked_forward_traces_in_one_graph(tiny_model):
+@pytest.mark.parametrize("room", [False, True])  # True: the folded path
+def test_stacked_forward_traces_in_one_graph(tiny_model, room):
     peft_model = lora_model(tiny_model, "qwen2")
-    f, group = stacked(fuse_all(peft_model))[0]
+    f, group = stacked(fuse_all_with_room(peft_model) if room else fuse_all(peft_model))[0]
+    assert f.lora.folded == room
     compiled = torch.compile(lambda x: fused_forward(f, group, x), backend="eager", fullgraph=True)
     x = inputs()
     for out, module in zip(compiled(x), group):
         torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+
+
+def fuse_all_with_room(model: nn.Module) -> list[tuple[object, list[nn.Module]]]:
+    """As the engine fuses when the adapters share the weights' dtype: spare rows for the stacked A."""
+    return [(fuse_weights(group, spare_rows=stacked_rank(group)), group) for group in projection_groups(model)]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])  # qwen2: biased q/k/v (zeros for the spare rows)
+def test_folded_adapters_match_peft_and_follow_a_training_step(tiny_model, arch):
+    peft_model = lora_model(tiny_model, arch)  # fp32 weights and fp32 adapters: they fold
+    fused = stacked(fuse_all_with_room(peft_model))
+    for f, group in fused:
+        assert f.lora.folded and f.spare_rows == f.lora.a.shape[0]
+        assert f.lora.a.data_ptr() == f.buffer[sum(f.sizes)].data_ptr(), "A lives below the weights"
+        assert is_intact(f, group)
+        x = inputs(group=group)
+        for out, module in zip(fused_forward(f, group, x), group):
+            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+    pointers = [f.lora.a.data_ptr() for f, _ in fused]
+    train_step(peft_model)
+    stacked(fused)  # refilled in place: a captured graph keeps reading the same rows
+    assert [f.lora.a.data_ptr() for f, _ in fused] == pointers
+    for f, group in fused:
+        x = inputs(group=group)
+        for out, module in zip(fused_forward(f, group, x), group):
+            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_bf16_adapters_compute_what_the_unfolded_stack_does(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen3", torch.bfloat16)
+    for f, group in fuse_all_with_room(peft_model):
+        x = inputs(torch.bfloat16, group)
+        f.lora = stack_adapters(f, group, torch.float32)  # the adapters' dtype is not the weights': no fold
+        assert not f.lora.folded
+        f.lora = stack_adapters(f, group, torch.bfloat16)
+        assert f.lora.folded
+        folded = fused_forward(f, group, x)
+        f.lora.folded = False  # the same bf16 copies, as two GEMMs of their own
+        for a, b, module in zip(folded, fused_forward(f, group, x), group):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-2)  # the GEMM's blocking may round apart
+            torch.testing.assert_close(a, module(x), rtol=2e-2, atol=2e-2)
+
+
+def test_without_room_the_stack_is_not_folded(tiny_model):
+    peft_model = lora_model(tiny_model, "qwen3")
+    for f, _ in stacked(fuse_all(peft_model)):
+        assert f.spare_rows == 0 and not f.lora.folded
