@@ -2,8 +2,7 @@
 
     PYTHONPATH=. python benchmarks/decode_profile.py        # Qwen3-4B shape, batch 256, context ~1024
     # SmolLM2 as an RL update runs it: batch 64, LoRA r=32 unmerged, bf16 adapter copies
-    PYTHONPATH=. python benchmarks/decode_profile.py --model smollm2-135m --batch 64 --prompt-len 120 \
-        --lora-rank 32 --adapter-dtype model
+    PYTHONPATH=. python benchmarks/decode_profile.py --model smollm2-135m --batch 64 --prompt-len 120 --lora-rank 32
 
 Fills the engine's KV cache with ``--batch`` prompts of ``--prompt-len`` tokens, decodes 8 tokens
 (which leaves the batch's graph inputs at context prompt + 8), then replays that graph under the
@@ -58,7 +57,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="sequences decoding together")
     parser.add_argument("--prompt-len", type=int, default=1016)
     parser.add_argument("--lora-rank", type=int, default=0, help="PEFT LoRA on all linear layers, unmerged")
-    parser.add_argument("--adapter-dtype", default="adapter", help="adapter (fp32) | model (bf16)")
+    parser.add_argument("--adapter-dtype", default="model", help="model (bf16, the default) | adapter (fp32)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = load_model(args.model)

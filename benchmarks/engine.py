@@ -191,7 +191,7 @@ def main() -> None:
         "--no-stack-adapters", action="store_true", help="with --lora-rank: each PEFT layer adds its own adapter"
     )
     parser.add_argument(
-        "--adapter-dtype", default="adapter", help="with --lora-rank: adapter (fp32, as PEFT) | model (bf16)"
+        "--adapter-dtype", default="model", help="with --lora-rank: model (bf16, the default) | adapter (fp32, as PEFT)"
     )
     parser.add_argument(
         "--no-fold-adapters", action="store_true", help="stacked A as a GEMM of its own, not in the base one"

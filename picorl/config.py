@@ -140,10 +140,11 @@ class RolloutConfig:
         0.5, "Fraction of the GPU memory left free after the first training step that the KV cache may take."
     )
     engine_adapter_dtype: str = opt(
-        "adapter",
-        "The dtype the engine's copies of the LoRA adapters multiply in: adapter (theirs, fp32, as PEFT "
-        "computes them in training) or model (the weights', bf16 on a GPU: their A joins the base GEMM; "
-        "the adapter's contribution is rounded to bf16 before it is added).",
+        "model",
+        "The dtype the engine's copies of the LoRA adapters multiply in: model (the weights', bf16 on a "
+        "GPU: their A joins the base GEMM, the adapter's contribution is rounded to bf16 before it is "
+        "added; LoRA +5.8% a decode step instead of +31%) or adapter (theirs, fp32, as PEFT computes "
+        "them in training). On an fp32 model (CPU) both are the same.",
     )
 
     def __post_init__(self) -> None:

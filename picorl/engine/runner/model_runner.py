@@ -69,7 +69,7 @@ class ModelRunner:
         steps: LayerSteps | None = None,
         fuse_projections: bool = False,
         stack_adapters: bool = True,
-        adapter_dtype: str = "adapter",
+        adapter_dtype: str = "model",
         fold_adapters: bool = True,
     ) -> None:
         self.spec = spec
