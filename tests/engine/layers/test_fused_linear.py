@@ -266,6 +266,14 @@ def test_save_pretrained_after_fusing_round_trips(tiny_model, tmp_path):
         assert torch.equal(got[name], tensor), name
 
 
+def assert_each_group_matches_its_modules(fused) -> None:
+    """``fused_forward`` of every group equals its modules' own forward (PEFT's, for LoRA layers)."""
+    for f, group in fused:
+        x = inputs(group=group)
+        for out, module in zip(fused_forward(f, group, x), group):
+            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+
+
 def stacked(fused):
     """Each group with its adapters stacked as the engine does before a generate."""
     for f, group in fused:
@@ -330,10 +338,7 @@ def test_stacked_adapters_follow_a_training_step_in_place(tiny_model):
     assert not torch.allclose(stale, group[0](x), atol=1e-4), "the stack is a copy: stale until refreshed"
     stacked(fused)  # what the engine does before each generate
     assert [(f.lora.a.data_ptr(), f.lora.b.data_ptr()) for f, _ in fused] == pointers  # graphs stay valid
-    for f, group in fused:
-        x = inputs(group=group)
-        for out, module in zip(fused_forward(f, group, x), group):
-            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+    assert_each_group_matches_its_modules(fused)
 
 
 def test_stacked_adapters_keep_the_adapter_dtype_on_a_bf16_model(tiny_model):
@@ -391,17 +396,12 @@ def test_folded_adapters_match_peft_and_follow_a_training_step(tiny_model, arch)
         assert f.lora.folded and f.spare_rows == f.lora.a.shape[0]
         assert f.lora.a.data_ptr() == f.buffer[sum(f.sizes)].data_ptr(), "A lives below the weights"
         assert is_intact(f, group)
-        x = inputs(group=group)
-        for out, module in zip(fused_forward(f, group, x), group):
-            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+    assert_each_group_matches_its_modules(fused)
     pointers = [f.lora.a.data_ptr() for f, _ in fused]
     train_step(peft_model)
     stacked(fused)  # refilled in place: a captured graph keeps reading the same rows
     assert [f.lora.a.data_ptr() for f, _ in fused] == pointers
-    for f, group in fused:
-        x = inputs(group=group)
-        for out, module in zip(fused_forward(f, group, x), group):
-            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+    assert_each_group_matches_its_modules(fused)
 
 
 def test_folded_bf16_adapters_compute_what_the_unfolded_stack_does(tiny_model):
