@@ -39,8 +39,8 @@ class StackedLora:
     as its own cast + two small GEMMs, 14 per decoder layer with all-linear LoRA, and those small
     kernels, not arithmetic, were the engine's +34% per decode step with adapters (H200, 2026-12-01).
     Unlike the base weights these are copies, refreshed before each generate (:func:`stack_adapters`):
-    a few MB, in the adapters' dtype (the arithmetic stays the adapters' own) or, on request, in the
-    base weights' dtype (``EngineConfig.adapter_dtype = "model"``)."""
+    a few MB, in the base weights' dtype (``EngineConfig.adapter_dtype = "model"``, the default) or in
+    the adapters' own (fp32, PEFT's arithmetic to the letter)."""
 
     a: torch.Tensor  # [sum of ranks, in_features]; with ``folded``, the buffer's spare rows
     b: torch.Tensor  # [sum(sizes), sum of ranks]
@@ -230,6 +230,15 @@ def stacked_rank(modules: Sequence[nn.Module]) -> int:
     """The rows a :class:`StackedLora` of ``modules``' adding adapters has (0: none adds)."""
     entries = _adding_adapters(modules) or []
     return sum(modules[i].lora_A[name].weight.shape[0] for i, name in entries)
+
+
+def adding_adapter_dtype(modules: Sequence[nn.Module]) -> torch.dtype | None:
+    """The dtype of the first adapter that adds to ``modules``' outputs (None: none adds)."""
+    entries = _adding_adapters(modules)
+    if not entries:
+        return None
+    i, name = entries[0]
+    return modules[i].lora_A[name].weight.dtype
 
 
 def stack_adapters(

@@ -25,6 +25,7 @@ from picorl.engine.layers.attention import DecodeAttention, prefill_attention, s
 from picorl.engine.layers.fused_linear import (
     FusedWeights,
     adapters_supported,
+    adding_adapter_dtype,
     fuse_weights,
     fused_forward,
     is_intact,
@@ -116,9 +117,7 @@ class ModelRunner:
         rank = stacked_rank(modules)
         if not rank or rank <= fused.spare_rows:
             return False
-        first = next(m for m in modules if hasattr(m, "lora_A"))
-        adapter_dtype = next(iter(first.lora_A.values())).weight.dtype
-        return (dtype or adapter_dtype) == fused.weight.dtype
+        return (dtype or adding_adapter_dtype(modules)) == fused.weight.dtype
 
     def fusion_signature(self) -> tuple:
         """Changes when a CUDA graph captured over the fused groups would be stale: a group fused or
