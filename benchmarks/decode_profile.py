@@ -22,7 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine import engine_tokens, load_model, random_prompts  # noqa: E402
+from engine import engine_tokens, load_model, random_prompts, with_lora  # noqa: E402
 
 from picorl.engine import EngineConfig, LLMEngine  # noqa: E402
 
@@ -60,12 +60,7 @@ def main() -> None:
     parser.add_argument("--adapter-dtype", default="model", help="model (bf16, the default) | adapter (fp32)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = load_model(args.model)
-    if args.lora_rank:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear")
-        model = get_peft_model(model, lora).eval()
+    model = with_lora(load_model(args.model), args.lora_rank)
     engine = LLMEngine(
         model,
         config=EngineConfig(

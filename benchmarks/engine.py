@@ -76,6 +76,17 @@ def load_model(name: str) -> torch.nn.Module:
     return model.eval()
 
 
+def with_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+    """``model`` with PEFT LoRA adapters of ``rank`` on every linear layer, unmerged, as training runs
+    it (B = 0 at init costs the same as trained values); ``model`` itself for rank 0."""
+    if not rank:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear")
+    return get_peft_model(model, lora).eval()
+
+
 def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(100, vocab, (count, length), generator=gen).tolist()
@@ -203,11 +214,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = load_model(args.model)
-    if args.lora_rank:  # as training runs it: adapters unmerged; B = 0 at init costs the same
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear")
-        model = get_peft_model(model, lora).eval()
+    model = with_lora(model, args.lora_rank)
     config = EngineConfig(
         max_num_seqs=256,
         max_num_batched_tokens=16384,

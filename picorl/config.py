@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from picorl.algos.config import AlgoConfig
+from picorl.engine.config import ADAPTER_DTYPES
 from picorl.envs.traces import COT_FORMATS
 from picorl.options import check, opt, typed_value
 
@@ -150,7 +151,7 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         check(self.k >= 1, f"k must be >= 1, got {self.k}")
         check(
-            self.engine_adapter_dtype in ("adapter", "model"),
+            self.engine_adapter_dtype in ADAPTER_DTYPES,
             f"engine_adapter_dtype must be adapter|model, got {self.engine_adapter_dtype!r}",
         )
         check(self.num_tasks is None or self.num_tasks >= 1, f"num_tasks must be >= 1, got {self.num_tasks}")

@@ -10,6 +10,7 @@ from picorl.options import check
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # the second compiles much longer
+ADAPTER_DTYPES = ("model", "adapter")  # EngineConfig.adapter_dtype
 
 
 @dataclass
@@ -78,7 +79,7 @@ class EngineConfig:
             f"max_model_len must be >= 2, got {self.max_model_len}",
         )
         check(
-            self.adapter_dtype in ("adapter", "model"),
+            self.adapter_dtype in ADAPTER_DTYPES,
             f"adapter_dtype must be adapter|model, got {self.adapter_dtype!r}",
         )
         check(

@@ -28,6 +28,17 @@ def assert_same(out, expected) -> None:
             torch.testing.assert_close(torch.tensor(c.logprobs), torch.tensor(e.logprobs), atol=1e-4, rtol=0)
 
 
+def logprob_differences(model, prompts, out, hf_logprobs) -> torch.Tensor:
+    """|engine log-prob - one full forward's| of every sampled token of every completion."""
+    return torch.cat(
+        [
+            (torch.tensor(c.logprobs) - hf_logprobs(model, p, c.token_ids)).abs()
+            for p, g in zip(prompts, out)
+            for c in g
+        ]
+    )
+
+
 def engine_for(model, **config) -> LLMEngine:
     return LLMEngine(model, None, EngineConfig(block_size=16, num_blocks=128, **config))
 
@@ -68,13 +79,7 @@ def test_bf16_graphs_are_deterministic_and_match_a_forward_pass(
     out = graphed.generate(prompts, params, n=2)
     assert_same(graphed.generate(prompts, params, n=2), out)
     # a bf16 smoke check (the exact checks run in fp32 above): on CPU it gives max 0.08, mean 0.013
-    diffs = torch.cat(
-        [
-            (torch.tensor(c.logprobs) - hf_logprobs(model, p, c.token_ids)).abs()
-            for p, g in zip(prompts, out)
-            for c in g
-        ]
-    )
+    diffs = logprob_differences(model, prompts, out, hf_logprobs)
     assert diffs.max() < 0.3 and diffs.mean() < 0.04
 
 
@@ -148,12 +153,6 @@ def test_lora_logprobs_on_bf16_graphs_match_the_trainers_forward(
     engine = engine_for(model, cuda_graphs=True, adapter_dtype=adapter_dtype)
     out = engine.generate(prompts, params, n=2)
     assert engine.graphs is not None, "decode ran through captured graphs"
-    diffs = torch.cat(
-        [
-            (torch.tensor(c.logprobs) - hf_logprobs(model, p, c.token_ids)).abs()
-            for p, g in zip(prompts, out)
-            for c in g
-        ]
-    )
+    diffs = logprob_differences(model, prompts, out, hf_logprobs)
     # the same bound as the adapter-free bf16 check above
     assert diffs.max() < 0.3 and diffs.mean() < 0.04, (diffs.max().item(), diffs.mean().item())

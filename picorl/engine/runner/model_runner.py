@@ -101,23 +101,24 @@ class ModelRunner:
                 if fused is not None and adapters_supported(modules):
                     # this generate's adapter values (None: each PEFT layer adds its own)
                     dtype = fused.weight.dtype if self.adapter_dtype == "model" else None
-                    if self.stack_adapters and self._wants_spare_rows(fused, modules, dtype):
-                        self.buffers[i][g] = fused = fuse_weights(modules, spare_rows=stacked_rank(modules))
+                    spare_rows = self._spare_rows_needed(fused, modules, dtype) if self.stack_adapters else 0
+                    if spare_rows:
+                        self.buffers[i][g] = fused = fuse_weights(modules, spare_rows=spare_rows)
                     fused.lora = stack_adapters(fused, modules, dtype) if self.stack_adapters else None
                     usable.append(fused)
                 else:
                     usable.append(None)
             self.fusion[i] = LayerFusion(*usable)
 
-    def _wants_spare_rows(self, fused: FusedWeights, modules: tuple[nn.Module, ...], dtype) -> bool:
-        """Whether the group's stacked A would fold into its buffer (``fold_adapters``, adapters in
-        the weights' dtype) but the buffer lacks the rows (first generate, or ranks grew)."""
+    def _spare_rows_needed(self, fused: FusedWeights, modules: tuple[nn.Module, ...], dtype) -> int:
+        """The rows the group's buffer must be re-fused with so that its stacked A folds into it
+        (``fold_adapters``, adapters in the weights' dtype); 0 when it has them (or cannot fold)."""
         if not self.fold_adapters:
-            return False
+            return 0
         rank = stacked_rank(modules)
         if not rank or rank <= fused.spare_rows:
-            return False
-        return (dtype or adding_adapter_dtype(modules)) == fused.weight.dtype
+            return 0
+        return rank if (dtype or adding_adapter_dtype(modules)) == fused.weight.dtype else 0
 
     def fusion_signature(self) -> tuple:
         """Changes when a CUDA graph captured over the fused groups would be stale: a group fused or
