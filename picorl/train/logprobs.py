@@ -25,7 +25,6 @@ def chosen_token_logprobs(
     token_mask: torch.Tensor,
     temperature: float = 1.0,
     return_hidden: bool = False,
-    decoder=None,
     autocast=None,
 ):
     """Log-prob of ``input_ids[b, t]`` given the prefix, wherever the boolean ``token_mask[b, t]``.
@@ -33,14 +32,12 @@ def chosen_token_logprobs(
     Returns a ``[B, T]`` fp32 tensor (zeros where ``token_mask`` is False). Token t is predicted from
     the hidden state at t - 1, so position 0 can never be chosen. ``temperature`` divides the logits,
     matching the distribution the engine sampled from. With ``return_hidden`` also returns the final
-    hidden states (for a value head). ``decoder`` replaces the model's decoder call (a compiled one of
-    the same modules); ``autocast`` is a context the decoder alone runs in (the head and the
+    hidden states (for a value head). ``autocast`` is a context the decoder alone runs in (the head and the
     log-softmax keep their dtypes: bf16 logits would round log-probs by ~0.01-0.1).
     """
     lm = unwrap_hf_model(model)
     with autocast if autocast is not None else contextlib.nullcontext():
-        decoder = lm.model if decoder is None else decoder  # (a compiled module has no truth value)
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     idx = token_mask[:, 1:].nonzero(as_tuple=True)  # (batch index, position - 1) of every chosen token
     states = hidden[:, :-1][idx]
     tokens = input_ids[:, 1:][idx]

@@ -73,17 +73,44 @@ def adapter_input_casts_off(model: torch.nn.Module, enabled: bool):
     return disable_input_dtype_casting(model, active=enabled)
 
 
-class CompiledDecoder:
-    """The decoder (the transformers base model under the LM head) through ``torch.compile``, made
-    once per policy and reused: the engine calls the same modules eagerly, so compiling here does not
-    touch it. ``dynamic=None`` lets the first recompile for a new length switch to dynamic shapes."""
+class CompiledLayers:
+    """``compile_train``: each decoder layer's call through ``torch.compile`` while the train phase
+    runs (regional compilation). The layers share one class and code, so one compiled graph, with
+    dynamic shapes (sequence lengths change every update), serves all of them: compiling the whole
+    decoder instead unrolled its layers and took ~150 s on an H200 for SmolLM2, then recompiled for the
+    next update's length. The compiled calls are swapped in on entry and out on exit (what
+    ``nn.Module.compile`` sets, ``_compiled_call_impl``), so the phase's backward, where gradient
+    checkpointing re-runs each layer, sees the same compiled layers, and the engine and the evaluation,
+    outside the phase, the eager ones. Made once per policy and reused."""
 
     def __init__(self) -> None:
-        self.module: torch.nn.Module | None = None
-        self.compiled: Callable | None = None
+        self.layers: list[torch.nn.Module] = []
+        self.calls: list[Callable] = []
 
-    def __call__(self, model: torch.nn.Module) -> Callable:
-        decoder = unwrap_hf_model(model).model
-        if self.module is not decoder:
-            self.module, self.compiled = decoder, torch.compile(decoder)
-        return self.compiled
+    @contextlib.contextmanager
+    def __call__(self, model: torch.nn.Module, enabled: bool):
+        if not enabled:
+            yield
+            return
+        layers = list(unwrap_hf_model(model).model.layers)
+        if [id(m) for m in layers] != [id(m) for m in self.layers]:
+            self.layers = layers
+            self.calls = [torch.compile(layer._call_impl, dynamic=True) for layer in layers]
+        for layer, call in zip(layers, self.calls):
+            layer._compiled_call_impl = call
+        # transformers checkpoints inside the layer's call, so the compiled graph holds the checkpoint;
+        # the one side effect in it, a mode flag of the ``kernels`` layers, needs no replay in backward
+        try:
+            with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):
+                yield
+        finally:
+            for layer in layers:
+                layer._compiled_call_impl = None
+
+
+@contextlib.contextmanager
+def train_phase(model: torch.nn.Module, train: TrainConfig, compiled: CompiledLayers):
+    """What the options change for a whole train phase, forward and backward: PEFT's input casts off
+    under ``train_autocast``, the compiled layers in under ``compile_train``."""
+    with adapter_input_casts_off(model, train.train_autocast), compiled(model, train.compile_train):
+        yield

@@ -31,11 +31,11 @@ from picorl.train.guard import FiniteStepGuard
 from picorl.train.logprobs import chosen_token_logprobs
 from picorl.train.policy import weights_swapped
 from picorl.train.step_options import (
-    CompiledDecoder,
+    CompiledLayers,
     TokenBudget,
-    adapter_input_casts_off,
     autocast,
     micro_batch_tokens,
+    train_phase,
 )
 from picorl.units import GIB
 
@@ -55,7 +55,7 @@ class UpdateContext:
     device: torch.device
     value_head: torch.nn.Module | None = None
     token_budget: TokenBudget = field(default_factory=TokenBudget)  # micro_batch_tokens = 0
-    compiled_decoder: CompiledDecoder = field(default_factory=CompiledDecoder)  # compile_train
+    compiled_layers: CompiledLayers = field(default_factory=CompiledLayers)  # compile_train
     # kl_reference = "start": the trained weights as RL found them (the trainer copies them at RL's start)
     reference_weights: dict[str, torch.Tensor] | None = None
     # optimizer steps on a non-finite gradient norm are skipped; a run of them stops RL (picorl.train.guard)
@@ -196,7 +196,7 @@ def learn(ctx: UpdateContext, episodes: list[Episode]) -> tuple[dict[str, float]
     )  # fmt: skip
     # Every rank optimizes if any rank has a batch: each takes part in every gradient all-reduce.
     anything = distributed.any_rank(bool(batches))  # called on every rank (never short-circuited)
-    with adapter_input_casts_off(ctx.model, train.train_autocast):
+    with train_phase(ctx.model, train, ctx.compiled_layers):
         train_metrics = optimize(ctx, batches, max_completion_length=max_tokens) if anything else {}
     if batches and train.micro_batch_tokens == 0:  # learn the bytes a padded token costs
         ctx.token_budget.end(ctx.device, max(mb.input_ids.numel() for mb in batches))
@@ -251,7 +251,6 @@ def _forward(ctx: UpdateContext, mb: MicroBatch, with_values: bool):
         mb.action_mask,
         ctx.config.rollout.temperature,
         return_hidden=with_values,
-        decoder=ctx.compiled_decoder(ctx.model) if train.compile_train else None,
         autocast=autocast(train.train_autocast, ctx.device),
     )
     if not with_values:

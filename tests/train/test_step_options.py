@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from picorl.config import ModelConfig, build_config
+from picorl.models.loading import unwrap_hf_model
 from picorl.rollout.episodes import Episode
 from picorl.train.batch import _pack, make_micro_batches
 from picorl.train.policy import make_policy
-from picorl.train.step_options import TokenBudget, adapter_input_casts_off, micro_batch_tokens
+from picorl.train.step_options import TokenBudget, micro_batch_tokens, train_phase
 from picorl.train.update import UpdateContext, optimize
 from tests.conftest import tiny_llama
 
@@ -75,7 +76,7 @@ def gradients(ctx: UpdateContext, micro_batch_size: int = 2, max_tokens: int | N
         batches = make_micro_batches(eps, advantages, micro_batch_size, 0, CPU, max_tokens=max_tokens)
     else:  # one micro-batch in the given order, not sorted by length
         batches = [_pack([eps[i] for i in order], order, advantages[order], 0, CPU)]
-    with adapter_input_casts_off(ctx.model, ctx.config.train.train_autocast):  # as rl_update runs it
+    with train_phase(ctx.model, ctx.config.train, ctx.compiled_layers):  # as rl_update runs it
         metrics = optimize(ctx, batches, max_completion_length=20)
     return ctx.optimizer.grads, metrics
 
@@ -142,9 +143,12 @@ def test_autocast_matches_fp32_within_bf16_rounding(checkpointing):
 
 
 @pytest.mark.slow
-def test_compiled_decoder_matches_eager():
-    reference, _ = gradients(context())
-    ctx = context(compile_train=True)
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_compiled_layers_match_eager_and_are_swapped_out_after(checkpointing):
+    reference, _ = gradients(context(checkpointing))
+    ctx = context(checkpointing, compile_train=True)
     grads, _ = gradients(ctx)
-    assert ctx.compiled_decoder.compiled is not None
+    layers = unwrap_hf_model(ctx.model).model.layers
+    assert len(ctx.compiled_layers.calls) == len(layers)  # compiled for the phase...
+    assert all(layer._compiled_call_impl is None for layer in layers)  # ...and eager again after it
     assert_close(grads, reference, rtol=1e-4, atol=1e-6)
