@@ -30,9 +30,11 @@ for the first variant (``nan`` for shapes not run). ``--tiny`` swaps in toy mode
 from __future__ import annotations
 
 import argparse
+import cProfile
 import dataclasses
 import gc
 import math
+import pstats
 import statistics
 import time
 from dataclasses import dataclass
@@ -95,17 +97,22 @@ VARIANTS: dict[str, dict[str, object]] = {
 class BenchEngine:
     """The run's engine, unchanged, with two benchmark hooks: ``ignore_eos`` on every rollout of a
     forced shape, and a callback when ``rl_update`` puts the engine to sleep, i.e. where its train
-    phase begins (the profiler starts there, so it records training only)."""
+    phase begins (the profiler starts there, so it records training only). ``host_profile``, when
+    set, is a ``cProfile.Profile`` that records the next ``generate`` call's Python."""
 
     def __init__(self, engine, forced: bool) -> None:
         self.engine = engine
         self.forced = forced
         self.on_sleep = None
+        self.host_profile = None
 
     def generate(self, prompts, params, n: int = 1):
         if self.forced:
             params = dataclasses.replace(params, ignore_eos=True)
-        return self.engine.generate(prompts, params, n)
+        if self.host_profile is None:
+            return self.engine.generate(prompts, params, n)
+        profiler, self.host_profile = self.host_profile, None
+        return profiler.runcall(self.engine.generate, prompts, params, n)
 
     def sleep(self) -> None:
         self.engine.sleep()
@@ -194,12 +201,14 @@ def one_update(ctx: UpdateContext, update: int) -> dict[str, float]:
 
 def profile_train_phase(ctx: UpdateContext, update: int, path: Path) -> None:
     """Profile one update's train phase (from the engine's sleep to the end of the optimizer step)
-    and write the top ops by device and host time to ``path``."""
+    and write the top ops by device and host time to ``path``; beside it, ``rollout_host_*.txt``:
+    the same update's ``generate`` under cProfile (host Python, by own and cumulative time)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.device.type == "cuda" else [])
     prof = profile(activities=activities)
     ctx.engine.on_sleep = prof.start
+    host = ctx.engine.host_profile = cProfile.Profile()
     try:
         metrics, _ = rl_update(ctx, update)
         if ctx.device.type == "cuda":
@@ -222,7 +231,13 @@ def profile_train_phase(ctx: UpdateContext, update: int, path: Path) -> None:
     lines += ["", "top ops by self CPU time:", events.table(sort_by="self_cpu_time_total", row_limit=25)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-    print(f"  profile -> {path}", flush=True)
+    rollout_path = path.with_name(path.name.replace("train_", "rollout_host_", 1))
+    with rollout_path.open("w") as out:  # where the host's time in ``generate`` goes (waits included)
+        out.write(f"rollout of the same update: {metrics['time/rollout_s']:.3f} s, engine stats "
+                  f"{compact(ctx.engine.last_stats)}\n\n")  # fmt: skip
+        pstats.Stats(host, stream=out).sort_stats("tottime").print_stats(30)
+        pstats.Stats(host, stream=out).sort_stats("cumulative").print_stats(30)
+    print(f"  profile -> {path}, {rollout_path}", flush=True)
 
 
 def run_shape(shape: Shape, args, variants: list[str]) -> dict[str, dict[str, float]]:
