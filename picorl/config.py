@@ -189,8 +189,8 @@ class TrainConfig:
     )
     compile_train: bool = opt(
         False,
-        "torch.compile the decoder's forward in training (log-prob passes only; the first updates pay the "
-        "compilation, new lengths may recompile). Off by default.",
+        "torch.compile each decoder layer for the train phase (one graph serves every layer, with dynamic "
+        "shapes; the first update pays the compilation). Off by default.",
     )
     seed: int = opt(0, "Seed for tasks, sampling and initialisation: the same seed gives the same CPU run.")
     device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu.")

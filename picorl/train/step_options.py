@@ -1,5 +1,5 @@
 """How the train step runs, as ``[train]`` says: micro-batches sized in tokens (or from free GPU memory),
-bf16 autocast of the decoder, a compiled decoder. None of them changes what is computed beyond
+bf16 autocast of the decoder, compiled decoder layers. None of them changes what is computed beyond
 rounding; all are off by default until a GPU measurement says they pay (``benchmarks/update.py``).
 """
 
