@@ -138,7 +138,9 @@ class RolloutConfig:
         None, "KV-cache size in GiB (default: kv_cache_fraction of free memory)."
     )
     kv_cache_fraction: float = opt(
-        0.5, "Fraction of the GPU memory left free after the first training step that the KV cache may take."
+        0.5,
+        "Fraction of the GPU memory left free after the first training step that the KV cache may take "
+        "(never more than the engine can fill: 256 sequences of the longest prompt + completion).",
     )
     engine_adapter_dtype: str = opt(
         "model",

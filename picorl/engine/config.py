@@ -19,7 +19,8 @@ class EngineConfig:
 
     The KV cache size is the first of these that is set: ``num_blocks`` (tests), ``kv_cache_gib``,
     ``kv_cache_fraction`` (of the device memory free when the cache is allocated); otherwise half of
-    the free GPU memory, or 1 GiB on CPU.
+    the free GPU memory, or 1 GiB on CPU. A size from free memory stops at what the engine can fill,
+    ``max_num_seqs`` sequences of ``max_model_len`` tokens; ``kv_cache_gib`` is taken as given.
     """
 
     block_size: int = 16  # tokens per KV-cache block
