@@ -158,7 +158,7 @@ class LLMEngine:
             return None
         transient = max(0, training_peak_bytes - torch.cuda.memory_allocated(device))
         budget = kv_budget_bytes(device, kv_cache_fraction=cfg.kv_cache_fraction, reserve_bytes=transient)
-        self.resize_kv_cache(min(self._blocks_within(budget), self._usable_blocks()))
+        self.resize_kv_cache(self._blocks_from_free_memory(budget))
         return self.kv_cache_bytes
 
     def resize_kv_cache(self, num_blocks: int) -> None:
@@ -192,22 +192,30 @@ class LLMEngine:
             self.num_blocks = self._blocks_within(kv_budget_bytes(spec.device, cfg.kv_cache_gib))
         else:
             budget = kv_budget_bytes(spec.device, kv_cache_fraction=cfg.kv_cache_fraction)
-            self.num_blocks = min(self._blocks_within(budget), self._usable_blocks())
+            self.num_blocks = self._blocks_from_free_memory(budget)
         self.storage = make_kv_storage(cfg.kv_storage, spec.device)
         self.kv = self._views(self.storage.allocate(self.kv_cache_bytes))
         self.sleeping = False
-        max_len = min(cfg.max_model_len or spec.max_position_embeddings, self.num_blocks * cfg.block_size)
+        max_len = min(self._longest_sequence, self.num_blocks * cfg.block_size)
         self.max_blocks = -(-max_len // cfg.block_size)  # the widest block table a sequence can need
         self.builder = DecodeInputBuilder(cfg.block_size, self.num_blocks, spec.device)
 
+    @property
+    def _longest_sequence(self) -> int:
+        """Prompt + completion tokens the engine admits for one sequence."""
+        return self.config.max_model_len or self.spec.max_position_embeddings
+
     def _usable_blocks(self) -> int:
         """The most blocks the engine can ever fill: ``max_num_seqs`` sequences of the longest length
-        it admits. Sizing by free memory stops there: on a GPU with room to spare (SmolLM2 on an H200:
-        68 GiB for 0.5 GiB of use) every wake maps, and every sleep frees, the whole cache, ~0.1 s an
-        RL update for nothing."""
+        it admits."""
         cfg = self.config
-        max_len = cfg.max_model_len or self.spec.max_position_embeddings
-        return cfg.max_num_seqs * -(-max_len // cfg.block_size)
+        return cfg.max_num_seqs * -(-self._longest_sequence // cfg.block_size)
+
+    def _blocks_from_free_memory(self, budget: int) -> int:
+        """The blocks a budget taken from free memory buys, stopping at what the engine can fill: on a
+        GPU with room to spare (SmolLM2 on an H200: 68 GiB for 0.5 GiB of use) every wake maps, and
+        every sleep frees, the whole cache, ~0.1 s an RL update for nothing."""
+        return min(self._blocks_within(budget), self._usable_blocks())
 
     def _blocks_within(self, budget: int) -> int:
         """KV blocks a budget of ``budget`` bytes holds (one block is the null block)."""
