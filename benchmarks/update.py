@@ -90,6 +90,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "compile": {"compile_train": True},  # torch.compile of the training forward
     "bf16_tokens": {"train_autocast": True, "micro_batch_tokens": 0},
     "compile_tokens": {"compile_train": True, "micro_batch_tokens": 0},
+    "compile_bf16": {"compile_train": True, "train_autocast": True},
     "all": {"train_autocast": True, "micro_batch_tokens": 0, "compile_train": True},
 }
 

@@ -77,11 +77,11 @@ def test_kl_reference_is_the_policy_rl_started_from_or_the_base_model():
     mask = torch.zeros_like(ids, dtype=torch.bool)
     mask[0, 4:] = True
     batch = MicroBatch(
-        [0], ids, torch.ones_like(ids), mask, torch.zeros(ids.shape), torch.zeros(1), mask.sum(-1)
+        [0], ids, mask, torch.zeros(ids.shape), torch.zeros(1), mask.sum(-1)
     )
 
     def policy() -> torch.Tensor:
-        return chosen_token_logprobs(peft_model, ids, torch.ones_like(ids), mask)
+        return chosen_token_logprobs(peft_model, ids, None, mask)
 
     def context(kl_reference: str) -> UpdateContext:
         return UpdateContext(

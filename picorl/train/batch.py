@@ -11,11 +11,11 @@ from picorl.rollout.episodes import Episode
 
 @dataclass
 class MicroBatch:
-    """Right-padded sequences ``prompt + completion``; masks mark what the loss may touch."""
+    """Sequences ``prompt + completion``, padded on the right (so the forward needs no attention mask:
+    :func:`picorl.train.logprobs.chosen_token_logprobs`); masks mark what the loss may touch."""
 
     index: list[int]  # positions of these episodes in the rollout batch
     input_ids: torch.Tensor  # [B, T]
-    attention_mask: torch.Tensor  # [B, T]
     # [B, T] bool: tokens the loss trains: those the policy sampled (never prompt, template or padding),
     # or fewer of them (the update's ``credit`` option)
     action_mask: torch.Tensor
@@ -88,19 +88,16 @@ def _pack(
     length = max(len(e.prompt_ids) + len(e.completion_ids) for e in episodes)
     shape = (len(episodes), length)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
     action_mask = torch.zeros(shape, dtype=torch.bool)
     engine_logprobs = torch.zeros(shape, dtype=torch.float32)
     for row, (e, mask) in enumerate(zip(episodes, masks)):
         p, c = len(e.prompt_ids), len(e.completion_ids)
         input_ids[row, : p + c] = torch.tensor(e.prompt_ids + e.completion_ids)
-        attention_mask[row, : p + c] = 1
         action_mask[row, p : p + c] = torch.tensor(mask, dtype=torch.bool)
         engine_logprobs[row, p : p + c] = torch.tensor(e.engine_logprobs, dtype=torch.float32)
     return MicroBatch(
         index=index,
         input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
         action_mask=action_mask.to(device),
         engine_logprobs=engine_logprobs.to(device),
         advantages=advantages.to(device=device, dtype=torch.float32),

@@ -21,7 +21,7 @@ CHUNK_POSITIONS = 1024  # positions per head+log-softmax chunk: 1024 x 152k voca
 def chosen_token_logprobs(
     model,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     token_mask: torch.Tensor,
     temperature: float = 1.0,
     return_hidden: bool = False,
@@ -34,6 +34,13 @@ def chosen_token_logprobs(
     matching the distribution the engine sampled from. With ``return_hidden`` also returns the final
     hidden states (for a value head). ``autocast`` is a context the decoder alone runs in (the head and the
     log-softmax keep their dtypes: bf16 logits would round log-probs by ~0.01-0.1).
+
+    ``attention_mask=None`` is for rows padded on the right (or not at all), as every batch the trainer
+    builds is: causal attention alone is then exact at every real token, since a row's padding comes
+    after all of its real tokens and none of them attends to it. It is also faster: with a padding mask
+    transformers copies the grouped K/V heads out to every query head and SDPA falls back to a masked
+    kernel, where without one SDPA runs its causal flash kernel on the grouped heads. Pass the mask for
+    left padding.
     """
     lm = unwrap_hf_model(model)
     with autocast if autocast is not None else contextlib.nullcontext():

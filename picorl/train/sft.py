@@ -67,16 +67,15 @@ def demonstration_tokens(
 
 
 def sft_batch(examples: list[tuple[list[int], int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
-    """Right-padded ``input_ids``, ``attention_mask`` and the mask of reply tokens (the targets)."""
+    """Right-padded ``input_ids`` (the forward needs no attention mask) and the mask of reply tokens
+    (the targets)."""
     length = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
     targets = torch.zeros_like(input_ids, dtype=torch.bool)
     for row, (ids, start) in enumerate(examples):
         input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
         targets[row, start : len(ids)] = True
-    return input_ids.to(device), attention.to(device), targets.to(device)
+    return input_ids.to(device), targets.to(device)
 
 
 def unlocked_tiers(tiers: list[int], step: int, steps: int, curriculum: bool) -> list[int]:
@@ -222,11 +221,11 @@ def _sft_step(model, tokenizer, stream, optimizer, params, guard: FiniteStepGuar
     mine = distributed.shard(batch)  # the whole batch in one process
     for j in range(0, len(mine), per_micro):
         chunk = mine[j : j + per_micro]
-        input_ids, attention, targets = sft_batch(
+        input_ids, targets = sft_batch(
             [(d.ids, d.reply_start) for d in chunk], tokenizer.pad_token_id, device
         )
         logprobs = chosen_token_logprobs(
-            model, input_ids, attention, targets, autocast=bf16_autocast(autocast, device)
+            model, input_ids, None, targets, autocast=bf16_autocast(autocast, device)
         )
         loss = -(logprobs * targets).sum() / targets_total  # token mean over the whole batch
         loss.backward()

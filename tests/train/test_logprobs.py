@@ -28,6 +28,26 @@ def test_chosen_token_logprobs_equal_hf_forward(llama, monkeypatch):
         assert (got[~positions] == 0).all()
 
 
+def test_right_padded_rows_need_no_attention_mask(llama):
+    """What the trainer passes (``attention_mask=None``, causal attention alone) gives, at every real
+    token of right-padded rows, the log-probs of the masked HF forward; left padding would not."""
+    torch.manual_seed(2)
+    input_ids = torch.randint(0, 128, (3, 14))
+    attention = torch.ones_like(input_ids)
+    attention[1, 10:] = 0
+    attention[2, 6:] = 0
+    positions = attention.bool().clone()
+    positions[:, :3] = False
+    got = chosen_token_logprobs(llama, input_ids, None, positions)
+    want = reference_logprobs(llama, input_ids, attention) * positions
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    left = torch.roll(input_ids, shifts=4, dims=1), torch.roll(attention, shifts=4, dims=1)
+    left_positions = torch.roll(positions, shifts=4, dims=1)
+    masked = chosen_token_logprobs(llama, left[0], left[1], left_positions)
+    unmasked = chosen_token_logprobs(llama, left[0], None, left_positions)
+    assert not torch.allclose(masked, unmasked, atol=1e-3), "left padding needs its mask"
+
+
 def test_logprobs_through_peft_wrapper_use_the_adapter(llama):
     peft_model = get_peft_model(llama, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     input_ids = torch.randint(0, 128, (2, 10))
