@@ -148,6 +148,8 @@ def shape_config(shape: Shape, args) -> Config:
     model = {"model": shape.model, "lora_rank": 32, "lora_alpha": 64}
     if args.gradient_checkpointing is not None:
         model["gradient_checkpointing"] = args.gradient_checkpointing
+    if args.checkpoint_layers is not None:
+        model["checkpoint_layers"] = args.checkpoint_layers
     train = {"lr": 5e-6, "device": str(args.device)}
     rollout = {"num_tasks": shape.num_tasks, "k": shape.k, "max_tokens": shape.max_tokens}
     if args.kv_cache_gib is not None:  # a fixed size: fit_kv_cache then leaves it as it is
@@ -335,6 +337,8 @@ def parse_args(argv: list[str] | None = None):
     )
     parser.add_argument("--gradient-checkpointing", type=lambda s: s.lower() in ("1", "true", "on", "yes"),
                         default=None, help="on|off (default: auto, on for a GPU)")  # fmt: skip
+    parser.add_argument("--checkpoint-layers", type=float, default=None,
+                        help="model.checkpoint_layers: the share of layers gradient checkpointing recomputes")  # fmt: skip
     parser.add_argument(
         "--profile", metavar="DIR", help="write a torch.profiler table of one train phase per shape/variant"
     )

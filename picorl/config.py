@@ -42,6 +42,13 @@ class ModelConfig:
     gradient_checkpointing: bool | None = opt(
         None, "Recompute activations in backward to save memory (auto: on for GPU, off for CPU)."
     )
+    checkpoint_layers: float = opt(
+        1.0,
+        "With gradient_checkpointing, the share of decoder layers (the first ones) that recompute their "
+        "activations in backward; the rest keep them. Each layer left out saves re-running its forward "
+        "(about a third of its training arithmetic with LoRA) and costs its activations' memory "
+        "(Chen et al. 2016, 'Training deep nets with sublinear memory cost').",
+    )
     init_adapter: str | None = opt(
         None,
         "Start from this saved LoRA adapter folder (e.g. runs/NAME/sft_adapter, to run RL on top of an "
@@ -56,6 +63,9 @@ class ModelConfig:
         check(self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}")
         check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
         check(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        check(
+            0 <= self.checkpoint_layers <= 1, f"checkpoint_layers must be in [0, 1], got {self.checkpoint_layers}"
+        )
 
 
 @dataclass

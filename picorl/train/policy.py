@@ -47,10 +47,21 @@ def make_policy(model, config: ModelConfig):
         unwrap_hf_model(model).gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+        checkpoint_first_layers(model, config.checkpoint_layers)
         if not config.full_finetune:
             model.enable_input_require_grads()
     model.config.use_cache = False
     return model
+
+
+def checkpoint_first_layers(model, share: float) -> int:
+    """Keep gradient checkpointing on the first ``share`` of the decoder layers only (transformers reads
+    each layer's own ``gradient_checkpointing`` flag); returns how many layers recompute."""
+    layers = list(unwrap_hf_model(model).model.layers)
+    recomputing = round(share * len(layers))
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = i < recomputing
+    return recomputing
 
 
 def load_trainable_adapter(model, path: str):
