@@ -39,8 +39,8 @@ def chosen_token_logprobs(
     builds is: causal attention alone is then exact at every real token, since a row's padding comes
     after all of its real tokens and none of them attends to it. It is also faster: with a padding mask
     transformers copies the grouped K/V heads out to every query head and SDPA falls back to a masked
-    kernel, where without one SDPA runs its causal flash kernel on the grouped heads. Pass the mask for
-    left padding.
+    kernel, where without one SDPA runs a fused causal kernel (cuDNN's or flash) on the grouped heads.
+    Pass the mask for left padding.
     """
     lm = unwrap_hf_model(model)
     with autocast if autocast is not None else contextlib.nullcontext():
