@@ -54,14 +54,13 @@ def make_policy(model, config: ModelConfig):
     return model
 
 
-def checkpoint_first_layers(model, share: float) -> int:
+def checkpoint_first_layers(model, share: float) -> None:
     """Keep gradient checkpointing on the first ``share`` of the decoder layers only (transformers reads
-    each layer's own ``gradient_checkpointing`` flag); returns how many layers recompute."""
+    each layer's own ``gradient_checkpointing`` flag)."""
     layers = list(unwrap_hf_model(model).model.layers)
     recomputing = round(share * len(layers))
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i < recomputing
-    return recomputing
 
 
 def load_trainable_adapter(model, path: str):
