@@ -91,6 +91,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     "bf16_tokens": {"train_autocast": True, "micro_batch_tokens": 0},
     "compile_tokens": {"compile_train": True, "micro_batch_tokens": 0},
     "compile_bf16": {"compile_train": True, "train_autocast": True},
+    # the same with SDPA's flash kernel first (torch picks cuDNN on Hopper, which plans every new shape)
+    "compile_bf16_flash": {"compile_train": True, "train_autocast": True, "train_attention": "flash"},
+    "compile_tokens_flash": {"compile_train": True, "micro_batch_tokens": 0, "train_attention": "flash"},
     "all": {"train_autocast": True, "micro_batch_tokens": 0, "compile_train": True},
 }
 

@@ -22,6 +22,9 @@ from picorl.engine.config import ADAPTER_DTYPES
 from picorl.envs.traces import COT_FORMATS
 from picorl.options import check, opt, typed_value
 
+# TrainConfig.train_attention: "auto" leaves torch's SDPA kernel order; the others put one kernel first
+TRAIN_ATTENTION = ("auto", "flash", "cudnn", "efficient", "math")
+
 
 @dataclass
 class ModelConfig:
@@ -204,6 +207,13 @@ class TrainConfig:
         "torch.compile each decoder layer for the train phase (one graph serves every layer, with dynamic "
         "shapes; the first update pays the compilation). Off by default.",
     )
+    train_attention: str = opt(
+        "auto",
+        "The SDPA kernel the train phase tries first: auto (torch's order; on Hopper GPUs that picks "
+        "cuDNN, which builds an execution plan for each new shape, and micro-batch shapes change every "
+        "update), flash, cudnn, efficient or math. Unavailable ones fall back down torch's order. "
+        "GPUs only: on a CPU, torch's order is fixed.",
+    )
     seed: int = opt(0, "Seed for tasks, sampling and initialisation: the same seed gives the same CPU run.")
     device: str = opt("auto", "auto (cuda if available), cuda, cuda:N or cpu.")
 
@@ -222,6 +232,10 @@ class TrainConfig:
         check(
             self.micro_batch_tokens is None or self.micro_batch_tokens >= 0,
             f"micro_batch_tokens must be >= 0 (0 = from free GPU memory), got {self.micro_batch_tokens}",
+        )
+        check(
+            self.train_attention in TRAIN_ATTENTION,
+            f"train_attention must be {'|'.join(TRAIN_ATTENTION)}, got {self.train_attention!r}",
         )
 
 

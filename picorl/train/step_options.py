@@ -1,5 +1,5 @@
 """How the train step runs, as ``[train]`` says: micro-batches sized in tokens (or from free GPU memory),
-bf16 autocast of the decoder, compiled decoder layers. None of them changes what is computed beyond
+bf16 autocast of the decoder, compiled decoder layers, the SDPA kernel tried first. None of them changes what is computed beyond
 rounding; all are off by default until a GPU measurement says they pay (``benchmarks/update.py``).
 """
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from picorl.config import TrainConfig
 from picorl.models.loading import unwrap_hf_model
@@ -108,9 +109,36 @@ class CompiledLayers:
                 layer._compiled_call_impl = None
 
 
+_SDPA_KERNELS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+
+
+def attention_first(name: str):
+    """``train_attention``: SDPA tries kernel ``name`` first, then the others in torch's current order
+    (so a kernel that cannot run a shape or device still falls back); "auto" changes nothing.
+
+    Why it is an option: without a mask, torch picks cuDNN's attention on Hopper GPUs, and cuDNN
+    builds an execution plan for every new shape; the train phase's micro-batch lengths change every
+    update, and the flash kernel needs no plan (``benchmarks/sdpa_backends.py`` times both)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    first = _SDPA_KERNELS[name]
+    order = [SDPBackend(i) for i in torch._C._get_sdp_priority_order()]
+    return sdpa_kernel([first] + [b for b in order if b != first], set_priority=True)
+
+
 @contextlib.contextmanager
 def train_phase(model: torch.nn.Module, train: TrainConfig, compiled: CompiledLayers):
     """What the options change for a whole train phase, forward and backward: PEFT's input casts off
-    under ``train_autocast``, the compiled layers in under ``compile_train``."""
-    with adapter_input_casts_off(model, train.train_autocast), compiled(model, train.compile_train):
+    under ``train_autocast``, the compiled layers in under ``compile_train``, the SDPA kernel order
+    under ``train_attention``."""
+    with (
+        adapter_input_casts_off(model, train.train_autocast),
+        compiled(model, train.compile_train),
+        attention_first(train.train_attention),
+    ):
         yield

@@ -48,3 +48,24 @@ def test_kv_cache_is_sized_after_the_first_training_step(tmp_path, monkeypatch):
     free, total = torch.cuda.mem_get_info()
     assert 0 < train[0]["engine/kv_cache_gb"] <= 0.1 * total / GIB + 0.1
     assert train[1]["memory/kv_cache_gb"] == pytest.approx(train[0]["engine/kv_cache_gb"], rel=0.05)
+
+
+@pytest.mark.parametrize("kernel, op", [
+    ("flash", "aten::_scaled_dot_product_flash_attention"),
+    ("efficient", "aten::_scaled_dot_product_efficient_attention"),
+])  # fmt: skip
+def test_train_attention_runs_its_kernel_in_the_train_phase(kernel, op):
+    from picorl.config import ModelConfig, build_config
+    from picorl.train.logprobs import chosen_token_logprobs
+    from picorl.train.policy import make_policy
+    from picorl.train.step_options import CompiledLayers, train_phase
+    from tests.conftest import tiny_llama
+
+    model = make_policy(tiny_llama().to("cuda", torch.bfloat16), ModelConfig(lora_rank=4))
+    train = build_config({"train": {"train_attention": kernel}}).train
+    ids = torch.randint(1, 128, (4, 40), device="cuda")
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    with profiler as prof, train_phase(model, train, CompiledLayers()):
+        chosen_token_logprobs(model, ids, None, torch.ones_like(ids, dtype=torch.bool)).sum().backward()
+    ops = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+    assert op in ops, ops

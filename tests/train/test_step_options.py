@@ -1,6 +1,7 @@
 """The train-step options of ``[train]`` compute the same loss and gradients as the default path:
 micro-batches by tokens (any split, sorted or not, gives the batch's gradient: the normalisers count
-the whole batch), bf16 autocast (within bf16 rounding), a compiled decoder (within fp32 rounding)."""
+the whole batch), bf16 autocast (within bf16 rounding), a compiled decoder (within fp32 rounding), another
+SDPA kernel first (within fp32 rounding)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend
 
 from picorl.config import ModelConfig, build_config
 from picorl.models.loading import unwrap_hf_model
@@ -152,3 +154,18 @@ def test_compiled_layers_match_eager_and_are_swapped_out_after(checkpointing):
     assert len(ctx.compiled_layers.calls) == len(layers)  # compiled for the phase...
     assert all(layer._compiled_call_impl is None for layer in layers)  # ...and eager again after it
     assert_close(grads, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_train_attention_orders_the_kernels_for_the_phase_only():
+    before = torch._C._get_sdp_priority_order()
+    reference, _ = gradients(context())
+    ctx = context(train_attention="math")
+    grads, _ = gradients(ctx)
+    assert torch._C._get_sdp_priority_order() == before  # the order is the phase's alone
+    with train_phase(ctx.model, ctx.config.train, ctx.compiled_layers):
+        inside = torch._C._get_sdp_priority_order()
+    assert SDPBackend(inside[0]) == SDPBackend.MATH
+    assert sorted(inside) == sorted(before)  # the others stay as fallbacks
+    assert_close(grads, reference, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="train_attention"):
+        build_config({"train": {"train_attention": "fa3"}})
