@@ -266,7 +266,11 @@ def run_shape(shape: Shape, args, variants: list[str]) -> dict[str, dict[str, fl
           f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
     update, results = 0, {}
     for name in variants:
+        attention = ctx.config.train.train_attention
         ctx.config = dataclasses.replace(config, train=dataclasses.replace(config.train, **VARIANTS[name]))
+        if ctx.config.train.train_attention != attention:
+            # a compiled graph keeps the SDPA kernel it was traced with: trace this variant's afresh
+            torch._dynamo.reset()
         rows = []
         for i in range(args.warmup + args.updates):
             row = one_update(ctx, update)
