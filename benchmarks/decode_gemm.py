@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+from decode_profile import replay_ms  # noqa: E402
 from engine import PEAK_BYTES_PER_S  # noqa: E402
 
 
@@ -114,17 +115,7 @@ def time_product(fn, batch: int, n: int, k: int, copies: int, device, dtype, rep
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         run()
-    graph.replay()
-    times = []
-    for _ in range(3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeats):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / repeats / copies)
-    return statistics.median(times)
+    return statistics.median(replay_ms(graph, repeats) / 1e3 / copies for _ in range(3))
 
 
 def main() -> None:
