@@ -1,6 +1,7 @@
 """How the train step runs, as ``[train]`` says: micro-batches sized in tokens (or from free GPU memory),
-bf16 autocast of the decoder, compiled decoder layers, the SDPA kernel tried first. None of them changes what is computed beyond
-rounding; all are off by default until a GPU measurement says they pay (``benchmarks/update.py``).
+bf16 autocast of the decoder, compiled decoder layers, the SDPA kernel tried first. None of them
+changes what is computed beyond rounding; all are off by default until a GPU measurement says they
+pay (``benchmarks/update.py``).
 """
 
 from __future__ import annotations

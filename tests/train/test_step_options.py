@@ -1,7 +1,8 @@
 """The train-step options of ``[train]`` compute the same loss and gradients as the default path:
 micro-batches by tokens (any split, sorted or not, gives the batch's gradient: the normalisers count
-the whole batch), bf16 autocast (within bf16 rounding), a compiled decoder (within fp32 rounding), another
-SDPA kernel first (within fp32 rounding)."""
+the whole batch), bf16 autocast (within bf16 rounding), a compiled decoder (within fp32 rounding). Another
+SDPA kernel first: the order holds for the phase alone (a CPU runs torch's fixed order, so the kernel
+that runs is checked on a GPU, ``test_gpu_training.py``)."""
 
 from __future__ import annotations
 
