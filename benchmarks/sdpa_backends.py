@@ -18,14 +18,13 @@ import statistics
 import time
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
-BACKENDS = {
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-}
+from picorl.train.step_options import SDPA_KERNELS
+
+# the fused kernels, named as train.train_attention names them (math would only time a slow fallback)
+BACKENDS = {name: SDPA_KERNELS[name] for name in ("cudnn", "flash", "efficient")}
 SHAPES = {  # name: (rows, heads, kv heads, head dim, first length)
     "smollm2": (64, 9, 3, 64, 160),
     "4b_512": (16, 32, 8, 128, 620),

@@ -110,7 +110,8 @@ class CompiledLayers:
                 layer._compiled_call_impl = None
 
 
-_SDPA_KERNELS = {
+# train_attention's kernel names (TrainConfig's TRAIN_ATTENTION, but "auto"); benchmarks/sdpa_backends.py times them
+SDPA_KERNELS = {
     "flash": SDPBackend.FLASH_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -127,7 +128,7 @@ def attention_first(name: str):
     update, and the flash kernel needs no plan (``benchmarks/sdpa_backends.py`` times both)."""
     if name == "auto":
         return contextlib.nullcontext()
-    first = _SDPA_KERNELS[name]
+    first = SDPA_KERNELS[name]
     order = [SDPBackend(i) for i in torch._C._get_sdp_priority_order()]
     return sdpa_kernel([first] + [b for b in order if b != first], set_priority=True)
 
